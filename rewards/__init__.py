@@ -1,0 +1,6 @@
+"""Built-in reward plug-ins (copy a file, edit it, and name it in a recipe as ``path/to/file.py:function``).
+
+Importing this package registers ``exact_match``, ``math_verify`` and ``format`` in ``rlkit.registry.REWARDS``.
+"""
+
+from rewards import arithmetic, format, math  # noqa: F401  (registration side effects)

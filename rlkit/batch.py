@@ -1,0 +1,68 @@
+"""RolloutBatch: the typed tensors one step works on, with documented shapes.
+
+Shapes: ``N`` completions (this process's share), ``T`` response tokens (padded width of this batch),
+``K`` reward components. Masks are bool, True = include. Everything a plug-in adds (advantages,
+token_weights, old_logprobs, ...) is a field here, so plug-ins talk through one object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+
+@dataclass
+class RolloutBatch:
+    prompt_ids: list[list[int]]          # N lists of prompt token ids (no padding)
+    response_ids: torch.Tensor           # [N, T] long, right-padded with pad id
+    response_mask: torch.Tensor          # [N, T] bool, True on generated tokens (incl. EOS)
+    rollout_logprobs: torch.Tensor       # [N, T] float, sampling log-probs from the engine (0 where masked)
+    truncated: torch.Tensor              # [N] bool, finish reason "length"
+    group_ids: torch.Tensor              # [N] long, global prompt index; a group never spans processes
+    rewards: torch.Tensor                # [N] float, weighted reward sum (after the objective transform)
+    success: torch.Tensor                # [N] float: 1/0 success signal, NaN where no reward reports one
+    reward_components: torch.Tensor      # [N, K] float, each reward function's raw value (NaN = failed/None)
+    raw_rewards: torch.Tensor | None = None   # [N] float, rewards before the objective transform
+    prompts: list[str] = field(default_factory=list)       # N prompt texts (for logs and reward fns)
+    completions: list[str] = field(default_factory=list)   # N decoded completions (for logs and reward fns)
+    columns: dict[str, list[Any]] = field(default_factory=dict)  # dataset columns, one value per completion
+    old_logprobs: torch.Tensor | None = None   # [N, T] log pi_old(token), scoring pass, no grad
+    ref_logprobs: torch.Tensor | None = None   # [N, T] log pi_ref(token)
+    entropy: torch.Tensor | None = None        # [N, T] old-policy entropy per position
+    values: torch.Tensor | None = None         # [N, T] critic values
+    advantages: torch.Tensor | None = None     # [N, T] (0 where masked)
+    token_weights: torch.Tensor | None = None  # [N, T] in [0, 1]; 0 = token not trained on
+    extras: dict[str, Any] = field(default_factory=dict)  # plug-in specific data (documented by the plug-in)
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """[N] long, number of response tokens per completion."""
+        return self.response_mask.sum(-1)
+
+    def select(self, index: torch.Tensor) -> "RolloutBatch":
+        """Rows ``index`` ([n] long) of every per-completion field; T is kept."""
+        idx = index.tolist()
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                out[f.name] = value[index]
+            elif isinstance(value, list):
+                out[f.name] = [value[i] for i in idx] if value else []
+            elif f.name == "columns":
+                out[f.name] = {k: [v[i] for i in idx] for k, v in value.items()}
+            else:
+                out[f.name] = value
+        return RolloutBatch(**out)
+
+    def to(self, device: torch.device | str) -> "RolloutBatch":
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                setattr(self, f.name, value.to(device))
+        return self

@@ -1,0 +1,66 @@
+"""Build every plug-in of a recipe (no model needed): what ``rlkit validate`` checks and the trainer uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rlkit.config import RecipeConfig
+from rlkit.plugin_api import SCORING_FIELDS
+from rlkit.registry import (ADVANTAGES, AGGREGATIONS, ENGINES, LOSSES, OBJECTIVES, SAMPLERS, SELECTIONS,
+                            load_builtins)
+
+
+@dataclass
+class Plugins:
+    sampler: Any
+    objective: Any
+    advantage: Any
+    selection: Any
+    losses: list[Any]
+    aggregation: Any
+
+    def all(self) -> dict[str, Any]:
+        out = {"sampler": self.sampler, "objective": self.objective, "advantage": self.advantage,
+               "selection": self.selection, "aggregation": self.aggregation}
+        out.update({f"loss.{i}": loss for i, loss in enumerate(self.losses)})
+        return out
+
+    def requires(self) -> set[str]:
+        needed: set[str] = set()
+        for name, plugin in self.all().items():
+            unknown = set(plugin.requires) - SCORING_FIELDS
+            if unknown:
+                raise ValueError(f"{name} '{plugin.plugin_name}' requires {sorted(unknown)}, which the trainer "
+                                 f"cannot compute (it provides {sorted(SCORING_FIELDS)})")
+            needed |= set(plugin.requires)
+        return needed
+
+
+def build_plugins(cfg: RecipeConfig) -> Plugins:
+    load_builtins()
+    ctx = {"max_len": cfg.rollout.max_new_tokens, "total_steps": cfg.train.steps, "group_size": cfg.rollout.n}
+    return Plugins(
+        sampler=SAMPLERS.build(cfg.sampler.name, cfg.sampler.kwargs, **ctx),
+        objective=OBJECTIVES.build(cfg.objective.name, cfg.objective.kwargs, **ctx),
+        advantage=ADVANTAGES.build(cfg.advantage.name, cfg.advantage.kwargs, **ctx),
+        selection=SELECTIONS.build(cfg.selection.name, cfg.selection.kwargs, **ctx),
+        losses=[LOSSES.build(s.name, s.kwargs, **ctx) for s in cfg.losses],
+        aggregation=AGGREGATIONS.build(cfg.aggregation.name, cfg.aggregation.kwargs, **ctx),
+    )
+
+
+def check_engine(cfg: RecipeConfig) -> None:
+    """Resolve the engine class and check its options without constructing it (it needs a model)."""
+    from rlkit.registry import check_kwargs
+    load_builtins()
+    factory = ENGINES.get(cfg.rollout.engine.name)
+    kwargs = {**cfg.rollout.engine.kwargs, "model": None, "tokenizer": None}
+    import inspect
+    params = inspect.signature(factory).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in params or k in cfg.rollout.engine.kwargs}
+    check_kwargs(factory, kwargs, f"rollout engine '{cfg.rollout.engine.name}'")
+
+
+def build_engine(cfg: RecipeConfig, **context: Any):
+    return ENGINES.build(cfg.rollout.engine.name, cfg.rollout.engine.kwargs, **context)

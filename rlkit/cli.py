@@ -1,0 +1,184 @@
+"""``rlkit`` command line: train | validate | show | list | sft | tiny-model | make-data | plot.
+
+Runs as ``rlkit train RECIPE [dotted.key=value ...]`` or under ``accelerate launch -m rlkit.cli train RECIPE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+_EXPECTED = (ValueError, FileNotFoundError, OSError, ImportError, RuntimeError)
+
+
+def _cmd_train(args) -> int:
+    from rlkit.config import load_config
+    from rlkit.trainer import train
+    cfg = load_config(args.recipe, args.overrides)
+    result = train(cfg)
+    before, after = result.get("before/eval/accuracy"), result.get("after/eval/accuracy")
+    if after is not None:
+        text = f"held-out accuracy: after RL {after:.1%}"
+        if before is not None:
+            text = f"held-out accuracy: before RL {before:.1%} -> after RL {after:.1%} ({(after - before) * 100:+.1f} points)"
+        print(text, flush=True)
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from rlkit.config import load_config
+    from rlkit.session import check_recipe
+    for recipe in args.recipes:
+        cfg = load_config(recipe, args.set or [])
+        plugins, _ = check_recipe(cfg, check_files=not args.no_files)
+        names = ", ".join(f"{k}={v.plugin_name}" for k, v in plugins.all().items())
+        print(f"OK {recipe}: {names}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlkit.batch_math import batch_arithmetic
+    from rlkit.config import dump_config, load_config
+    cfg = load_config(args.recipe, args.overrides)
+    print(f"# resolved config of {args.recipe} (defaults included)")
+    print(dump_config(cfg))
+    world = args.num_processes or int(os.environ.get("WORLD_SIZE", "1"))
+    table = Table(title=f"batch arithmetic ({world} process{'es' if world > 1 else ''})")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    arith = batch_arithmetic(cfg, world)
+    for k, v in arith.items():
+        if k != "notes":
+            table.add_row(k, f"{v:g}" if isinstance(v, float) else str(v))
+    Console().print(table)
+    for note in arith["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+def _cmd_list(args) -> int:
+    from rlkit.registry import REGISTRIES, load_builtins
+    load_builtins()
+    kinds = [args.kind] if args.kind else sorted(REGISTRIES)
+    for kind in kinds:
+        if kind not in REGISTRIES:
+            from rlkit.registry import closest
+            raise ValueError(f"unknown plug-in kind '{kind}'{closest(kind, REGISTRIES)}; kinds: {', '.join(REGISTRIES)}")
+        print(f"{kind}:")
+        for name, obj in REGISTRIES[kind].items():
+            doc = (obj.__doc__ or "").strip().splitlines()
+            print(f"  {name:28s} {doc[0] if doc else ''}")
+    return 0
+
+
+def _cmd_tiny_model(args) -> int:
+    from rlkit.tiny_model import build_tiny_model, parameter_count
+    path = build_tiny_model(args.out_dir, size=args.size, arch=args.arch, seed=args.seed,
+                            chat_template=args.chat_template)
+    from transformers import AutoModelForCausalLM
+    print(f"wrote {args.size} {args.arch} model ({parameter_count(AutoModelForCausalLM.from_pretrained(path)):,} "
+          f"parameters) to {path}")
+    return 0
+
+
+def _cmd_make_data(args) -> int:
+    from rlkit.tasks import write_task
+    kwargs = {"train": args.train, "eval": args.eval, "seed": args.seed}
+    if args.difficulties:
+        kwargs["difficulties"] = tuple(int(d) for d in args.difficulties.split(","))
+    if args.ops:
+        kwargs["ops"] = args.ops
+    paths = write_task(args.task, args.out_dir, **kwargs)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def _cmd_sft(args) -> int:
+    from rlkit.sft import SFTConfig, run_sft
+    run_sft(SFTConfig(model=args.model, data=args.data, output=args.output, steps=args.steps,
+                      batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+                      prompt_column=args.prompt_column, answer_column=args.answer_column, seed=args.seed))
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from rlkit.plot import plot_run
+    for path in plot_run(args.run_dir):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlkit", description="RL post-training for LLMs on verifiable rewards")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="run an RL recipe (also under `accelerate launch -m rlkit.cli train`)")
+    t.add_argument("recipe")
+    t.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.steps=20")
+    t.set_defaults(fn=_cmd_train)
+    v = sub.add_parser("validate", help="build every plug-in of one or more recipes without loading a model")
+    v.add_argument("recipes", nargs="+")
+    v.add_argument("--set", action="append", help="override applied to every recipe (repeatable)")
+    v.add_argument("--no-files", action="store_true", help="skip checks that model/data paths exist")
+    v.set_defaults(fn=_cmd_validate)
+    s = sub.add_parser("show", help="print the resolved config and the batch arithmetic")
+    s.add_argument("recipe")
+    s.add_argument("overrides", nargs="*")
+    s.add_argument("--num-processes", type=int, default=None, help="world size to compute per-process shares for")
+    s.set_defaults(fn=_cmd_show)
+    ls = sub.add_parser("list", help="list registered plug-ins")
+    ls.add_argument("kind", nargs="?")
+    ls.set_defaults(fn=_cmd_list)
+    tm = sub.add_parser("tiny-model", help="write a small random Qwen2/Llama model + local tokenizer")
+    tm.add_argument("out_dir")
+    tm.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    tm.add_argument("--arch", default="qwen2", choices=["qwen2", "llama"])
+    tm.add_argument("--seed", type=int, default=0)
+    tm.add_argument("--chat-template", action="store_true")
+    tm.set_defaults(fn=_cmd_tiny_model)
+    md = sub.add_parser("make-data", help="write train/eval splits of a synthetic task")
+    md.add_argument("task")
+    md.add_argument("out_dir")
+    md.add_argument("--train", type=int, default=5000)
+    md.add_argument("--eval", type=int, default=500)
+    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--difficulties", default=None, help="comma-separated, e.g. 1,2")
+    md.add_argument("--ops", default=None, help="operators, e.g. +-")
+    md.set_defaults(fn=_cmd_make_data)
+    sf = sub.add_parser("sft", help="supervised warm start on prompt/answer pairs")
+    sf.add_argument("--model", required=True)
+    sf.add_argument("--data", required=True)
+    sf.add_argument("--output", required=True)
+    sf.add_argument("--steps", type=int, default=300)
+    sf.add_argument("--batch-size", type=int, default=32)
+    sf.add_argument("--lr", type=float, default=1e-3)
+    sf.add_argument("--warmup-steps", type=int, default=20)
+    sf.add_argument("--prompt-column", default="prompt")
+    sf.add_argument("--answer-column", default="answer")
+    sf.add_argument("--seed", type=int, default=0)
+    sf.set_defaults(fn=_cmd_sft)
+    pl = sub.add_parser("plot", help="write PNG curves (reward, accuracy, KL) of a run directory")
+    pl.add_argument("run_dir")
+    pl.set_defaults(fn=_cmd_plot)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("RLKIT_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except _EXPECTED as exc:
+        if os.environ.get("RLKIT_TRACEBACK"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Recipe schema: strict pydantic models (an unknown key is an error), YAML loading and dotted overrides.
+
+A recipe is a YAML file; any field can be overridden on the command line with ``dotted.path=value``
+(the value is parsed as YAML: ``train.steps=20``, ``advantage.scale=none``, ``losses.1.beta=0.04``).
+Plug-in sections (``sampler``, ``objective``, ``advantage``, ``selection``, ``aggregation``, each entry of
+``losses``, ``rollout.engine``) hold a ``name`` plus that plug-in's own options; those options are checked
+against the plug-in's constructor when it is built (``rlkit validate``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message names the bad key or value."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class PluginSpec(BaseModel):
+    """``name`` of a registered plug-in (or ``module:attr``) plus its options, checked at build time."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="registered name, or 'module:attr' / 'path/file.py:attr'")
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelConfig(Strict):
+    name_or_path: str = Field(description="Hugging Face hub id or local directory (from_pretrained)")
+    revision: str | None = Field(None, description="hub revision")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype when loaded")
+    trust_remote_code: bool = Field(False, description="passed to from_pretrained")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
+
+
+class DataConfig(Strict):
+    train: str = Field(description="local .jsonl/.json/.parquet/.csv file or directory, or a hub dataset name")
+    train_split: str = Field("train", description="split name for hub datasets")
+    eval: str | None = Field(None, description="held-out prompts (same formats); used by train.eval_*")
+    eval_split: str = Field("test", description="split name for hub datasets")
+    prompt_column: str = Field("prompt", description="column holding the prompt text or chat messages")
+    answer_column: str = Field("answer", description="column passed to verl-style rewards as ground_truth")
+    chat_template: Literal["auto"] | bool = Field("auto", description="auto = apply when the tokenizer has one")
+    max_prompt_tokens: int | None = Field(None, gt=0, description="drop prompts longer than this")
+    shuffle: bool = Field(True, description="reshuffle the prompt order every epoch (seeded)")
+
+
+class RolloutConfig(Strict):
+    engine: PluginSpec = Field(default_factory=lambda: PluginSpec(name="hf"), description="rollout engine")
+    n: int = Field(8, ge=1, description="completions per prompt (group size) for the fixed sampler")
+    max_new_tokens: int = Field(256, ge=1, description="generation length cap; longer = finish reason 'length'")
+    temperature: float = Field(1.0, ge=0.0, description="sampling temperature (0 = greedy)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling")
+    top_k: int = Field(0, ge=0, description="top-k sampling; 0 = off")
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+
+class RewardFnConfig(Strict):
+    name: str = Field(description="built-in reward name, 'module:attr' or 'path/file.py:attr'")
+    weight: float = Field(1.0, description="weight in the summed reward")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the function")
+
+
+class RewardConfig(Strict):
+    functions: list[RewardFnConfig] = Field(min_length=1, description="reward functions, summed with weights")
+    timeout_s: float = Field(30.0, gt=0, description="per call; a timed-out sample gets failure_value")
+    failure_value: float = Field(0.0, description="reward given to a sample whose reward function failed")
+
+
+class TrainConfig(Strict):
+    output_dir: str = Field("runs/rlkit", description="run directory: metrics, checkpoints, plots")
+    steps: int = Field(100, ge=1, description="RL steps (one rollout batch each)")
+    prompts_per_step: int = Field(16, ge=1, description="prompts per step, over all processes")
+    epochs: int = Field(1, ge=1, description="PPO epochs over each rollout batch")
+    mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch (the batch is split in this many)")
+    micro_batch_size: int = Field(8, ge=1, description="completions per forward/backward per process")
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
+    warmup_steps: int = Field(0, ge=0, description="warm-up in optimizer steps")
+    max_grad_norm: float | None = Field(1.0, description="gradient clipping; null = off")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast via accelerate")
+    seed: int = 0
+    resume: str = Field("auto", description="'auto' = latest checkpoint in output_dir, 'never', or a path")
+    save_every: int = Field(0, ge=0, description="checkpoint every k steps (0 = only at the end)")
+    keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
+    log_every: int = Field(1, ge=1)
+    sample_every: int = Field(10, ge=0, description="print/write a table of completions every k steps (0 = off)")
+    eval_every: int = Field(0, ge=0, description="held-out eval every k steps (0 = off)")
+    eval_at_start: bool = Field(False, description="held-out eval before the first step")
+    eval_at_end: bool = Field(True, description="held-out eval after the last step (needs data.eval)")
+    max_nan_steps: int = Field(0, ge=0, description="consecutive non-finite losses tolerated (skipped) before stopping")
+
+
+class EvalConfig(Strict):
+    max_prompts: int = Field(500, ge=1, description="held-out prompts used by in-training evaluation")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    max_new_tokens: int | None = Field(None, description="defaults to rollout.max_new_tokens")
+    batch_size: int = Field(64, ge=1)
+
+
+class LoggingConfig(Strict):
+    tensorboard: bool = True
+    wandb: dict[str, Any] | None = Field(None, description="kwargs for wandb.init (project, name, ...); null = off")
+
+
+class RecipeConfig(Strict):
+    model: ModelConfig
+    data: DataConfig
+    reward: RewardConfig
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    sampler: PluginSpec = Field(default_factory=lambda: PluginSpec(name="fixed"))
+    objective: PluginSpec = Field(default_factory=lambda: PluginSpec(name="mean"))
+    advantage: PluginSpec = Field(default_factory=lambda: PluginSpec(name="grpo"))
+    selection: PluginSpec = Field(default_factory=lambda: PluginSpec(name="all"))
+    losses: list[PluginSpec] = Field(default_factory=lambda: [PluginSpec(name="ppo_clip")],
+                                     description="per-token loss terms, summed")
+    aggregation: PluginSpec = Field(default_factory=lambda: PluginSpec(name="token_mean"))
+
+    @field_validator("sampler", "objective", "advantage", "selection", "aggregation", mode="before")
+    @classmethod
+    def _plugin_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("losses", mode="before")
+    @classmethod
+    def _losses_list(cls, v: Any) -> Any:
+        items = v if isinstance(v, list) else [v]
+        return [{"name": x} if isinstance(x, str) else x for x in items]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RecipeConfig":
+        if self.train.eval_every or self.train.eval_at_start:
+            if self.data.eval is None:
+                raise ValueError("train.eval_every / train.eval_at_start need data.eval (a held-out prompt file)")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = tree
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, key, keys[: i + 1])]
+            continue
+        nxt = node.get(key)
+        if nxt is None:
+            nxt = node[key] = {}
+        node = nxt
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, keys)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"override '{dotted}': '{'.'.join(keys[:-1])}' is a value, not a section")
+
+
+def _list_index(node: list, key: str, path: list[str]) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise ConfigError(f"override '{'.'.join(path)}': '{key}' is not an index of a list of {len(node)} items")
+    return int(key)
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    pairs = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form dotted.key=value (e.g. train.steps=20)")
+        key, _, raw = item.partition("=")
+        pairs.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return pairs
+
+
+def _field_names_at(loc: tuple) -> list[str]:
+    model: Any = RecipeConfig
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if model is None and getattr(ann, "__args__", None):
+            subs = [a for a in ann.__args__ if isinstance(a, type) and issubclass(a, BaseModel)]
+            model = subs[0] if subs else None
+    return list(model.model_fields) if model is not None else []
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid recipe {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            names = _field_names_at(tuple(e["loc"]))
+            hint = difflib.get_close_matches(str(e["loc"][-1]), names, n=1, cutoff=0.5)
+            did = f"; did you mean '{'.'.join(str(p) for p in e['loc'][:-1] + (hint[0],))}'?" if hint else ""
+            lines.append(f"  - unknown key '{loc}'{did} (valid here: {', '.join(names)})")
+        elif e["type"] == "missing":
+            lines.append(f"  - missing required key '{loc}'")
+        else:
+            lines.append(f"  - {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+PLUGIN_DEFAULTS: dict[str, Any] = {
+    "sampler": {"name": "fixed"}, "objective": {"name": "mean"}, "advantage": {"name": "grpo"},
+    "selection": {"name": "all"}, "aggregation": {"name": "token_mean"},
+    "losses": lambda: [{"name": "ppo_clip"}],
+}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> RecipeConfig:
+    """Read a YAML recipe (or ``base`` dict), apply dotted overrides, validate strictly."""
+    tree: dict[str, Any] = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: '{path}' (recipes live in recipes/, e.g. recipes/quickstart.yaml)")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe '{path}' is not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise ConfigError(f"recipe '{path}' must be a mapping of sections, got {type(tree).__name__}")
+    pairs = parse_overrides(overrides or [])
+    for section, default in PLUGIN_DEFAULTS.items():  # so `advantage.scale=none` keeps the default name
+        if any(k == section or k.startswith(section + ".") for k, _ in pairs) and section not in tree:
+            tree[section] = default() if callable(default) else default
+    if any(k.startswith("rollout.engine.") for k, _ in pairs):
+        rollout = tree.setdefault("rollout", {})
+        if isinstance(rollout.get("engine"), str):
+            rollout["engine"] = {"name": rollout["engine"]}
+        rollout.setdefault("engine", {"name": "hf"})
+    for key, value in pairs:
+        _set_dotted(tree, key, value)
+    try:
+        return RecipeConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path or "(dict)"))) from None
+
+
+def dump_config(cfg: RecipeConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,11 @@
+"""Per-token losses: MicroBatch -> loss [n, T] (never reduced; 0 where masked) and token-mean metrics.
+
+Importing this package registers the built-in losses in ``rlkit.registry.LOSSES``.
+"""
+
+from rlkit.losses import kl, ppo_clip  # noqa: F401  (register "kl", "ppo_clip")
+from rlkit.losses.kl import KLLoss
+from rlkit.losses.ppo_clip import PPOClipLoss
+from rlkit.plugin_api import Loss, MicroBatch
+
+__all__ = ["KLLoss", "Loss", "MicroBatch", "PPOClipLoss"]

@@ -1,0 +1,83 @@
+"""The base classes every plug-in kind derives from (interfaces of DESIGN.md "Plug-in kinds").
+
+A plug-in declares what it needs from the scoring pass in ``requires`` (a subset of
+{"old_logprobs", "entropy", "ref_logprobs", "values"}); the trainer computes only what some plug-in
+requires. Metrics are returned unprefixed; the trainer prefixes them by kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rlkit.batch import RolloutBatch
+
+SCORING_FIELDS = frozenset({"old_logprobs", "entropy", "ref_logprobs", "values"})
+
+
+class Plugin:
+    """Common base: declared requirements, metrics, checkpointable state (empty by default)."""
+
+    requires: frozenset[str] = frozenset()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state but the checkpoint holds {sorted(state)}")
+
+
+class Objective(Plugin):
+    """Per-group reward transform applied once per step before the advantage estimator."""
+
+    def __call__(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:  # [N], [N] -> [N]
+        raise NotImplementedError
+
+
+class AdvantageEstimator(Plugin):
+    """RolloutBatch -> advantages [N, T] (0 where ``response_mask`` is False), plus metrics."""
+
+    def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+
+class Selection(Plugin):
+    """RolloutBatch -> token_weights [N, T] in [0, 1] (0 = not trained on), plus metrics."""
+
+    def __call__(self, batch: RolloutBatch, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+
+@dataclass
+class MicroBatch:
+    """What a loss plug-in sees for one micro-batch (n rows of the step's batch)."""
+
+    batch: RolloutBatch            # the n rows (advantages, old/ref logprobs, token_weights ... are set)
+    logprobs: torch.Tensor         # [n, T] current policy log-probs, with grad
+    entropy: torch.Tensor | None   # [n, T] current policy entropy (no grad), or None
+    values: torch.Tensor | None = None  # [n, T] current critic values, with grad (critic runs only)
+
+
+class Loss(Plugin):
+    """Per-token surrogate: MicroBatch -> loss [n, T] (never reduced), metrics (token means)."""
+
+    def __call__(self, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+
+@dataclass
+class AggregationPlan:
+    """Loss = sum_i coef[i] * sum_t token_weights[i,t] * loss[i,t] / normalizer, over the global batch."""
+
+    coef: torch.Tensor   # [N_global] float, per-sequence coefficient (the trainer slices its own rows)
+    normalizer: float    # Z > 0, the same on every process
+
+
+class Aggregation(Plugin):
+    """Plans once per optimizer step over the *global* batch: lengths[N_global] -> coef, normalizer."""
+
+    def plan(self, lengths: torch.Tensor, group_ids: torch.Tensor, max_len: int) -> AggregationPlan:
+        raise NotImplementedError

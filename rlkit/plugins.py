@@ -1,0 +1,10 @@
+"""Imports every built-in plug-in package so their ``@REGISTRY.register`` calls run."""
+
+import rewards  # noqa: F401  (built-in reward functions: exact_match, math_verify, format)
+import rlkit.advantages  # noqa: F401
+import rlkit.aggregation  # noqa: F401
+import rlkit.losses  # noqa: F401
+import rlkit.objectives  # noqa: F401
+import rlkit.rollout.hf  # noqa: F401
+import rlkit.samplers  # noqa: F401
+import rlkit.selection  # noqa: F401

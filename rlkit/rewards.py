@@ -1,0 +1,426 @@
+"""Reward plug-ins: loading, signature checks, weighting, timeouts and failure isolation.
+
+Two signatures are accepted, recognised from the parameter names with ``inspect.signature``:
+
+* TRL-style batch: ``fn(completions, prompts=None, **dataset_columns) -> list`` -- any function with a
+  ``completions`` parameter. It gets the keywords it names (or everything, with ``**kwargs``): ``completions``
+  and ``prompts`` (lists of N strings) and each dataset column (a list of N values, e.g. ``answer``).
+* verl-style per sample: ``compute_score(data_source, solution_str, ground_truth, extra_info=None)`` -- any
+  function with ``solution_str`` and ``ground_truth``. ``ground_truth`` is the ``answer_column`` value,
+  ``data_source`` the ``data_source`` column (else ``default_data_source``), ``extra_info`` a dict of the
+  other columns; only the names it declares are passed.
+
+A result is a number, ``None`` (this sample cannot be scored) or a dict ``{"reward": x, "success": bool}``
+(``"score"`` is read as ``"reward"``, verl's spelling; other numeric keys become metrics ``<fn>/<key>``).
+
+Combination (``RewardManager.score``): ``components[N, K]`` holds each function's raw value (NaN for None,
+``failure_value`` for a failure); ``rewards[N] = sum_k weight_k * component_k`` with None counted as 0,
+except that a sample every function returned None for gets NaN (unscorable). ``success[N]`` is 1.0 when every
+function that reported ``success`` for the sample said True, 0.0 if one said False, NaN when none reported.
+
+Failure isolation: a batch call that raises or times out is retried one sample at a time; a sample that
+still raises, times out, or returns a non-numeric value gets ``failure_value``. The first failure of each
+function is logged with its traceback, later ones only counted (metrics ``failures``, ``timeouts``). If a
+function fails on every sample of a call, ``RewardFailure`` stops the run; so does a batch function that
+returns the wrong number of items or a dataset column it needs being absent.
+
+Timeouts: each call runs in a daemon ``threading.Thread`` joined with ``timeout_s`` (per batch call for
+batch functions, per sample for verl-style). Python cannot kill a thread, so a hung reward leaks one daemon
+thread, which keeps running in the background but never blocks interpreter exit (unlike
+``ThreadPoolExecutor`` workers). After 3 consecutive per-sample timeouts the rest of that call is marked
+timed out without calling, so a reward that always hangs costs a few ``timeout_s``, not ``N * timeout_s``.
+``timeout_s=None`` (or <= 0) calls inline, without a thread. Rewards therefore run outside the main thread:
+they must not rely on ``signal`` (e.g. SIGALRM timeouts).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import numbers
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from rlkit.registry import REWARDS, PluginError, closest
+
+logger = logging.getLogger("rlkit.rewards")
+
+BATCH, PER_SAMPLE = "batch", "per_sample"
+FILLED = frozenset({"completions", "prompts", "solution_str", "ground_truth", "data_source", "extra_info"})
+MAX_CONSECUTIVE_TIMEOUTS = 3
+SIGNATURES = ("fn(completions, prompts=None, **columns) -> list  (TRL-style, one call per batch), or "
+              "compute_score(data_source, solution_str, ground_truth, extra_info=None)  (verl-style, per sample)")
+
+
+class RewardSignatureError(ValueError):
+    """A reward function's signature is neither of the two accepted ones."""
+
+
+class RewardFailure(RuntimeError):
+    """A reward function is broken for this run (fails on every sample, wrong result length ...)."""
+
+
+@dataclass
+class RewardSpec:
+    """One reward function of a recipe."""
+
+    name: str                    # registered name, "module:attr" or "path/file.py:attr"
+    weight: float = 1.0          # weight in the summed reward (0 = metric only)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # options bound to the function
+
+
+@dataclass
+class RewardFunction:
+    """A loaded, signature-checked reward function with its bound options."""
+
+    name: str
+    fn: Callable[..., Any]       # functools.partial of the plug-in with ``kwargs`` bound
+    style: str                   # BATCH or PER_SAMPLE
+    weight: float
+    params: Mapping[str, inspect.Parameter]
+    bound: frozenset[str] = frozenset()
+
+    @property
+    def var_kw(self) -> bool:
+        return any(p.kind is p.VAR_KEYWORD for p in self.params.values())
+
+    def accepts(self, name: str) -> bool:
+        return name not in self.bound and (self.var_kw or name in self.params)
+
+    def required(self) -> list[str]:
+        """Named parameters without a default that rlkit must fill (bound options excluded)."""
+        return [n for n, p in self.params.items() if p.default is p.empty and n not in self.bound
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+@dataclass
+class RewardResult:
+    """Scores of N completions by K reward functions."""
+
+    rewards: torch.Tensor        # [N] float, weighted sum; NaN = unscorable
+    success: torch.Tensor        # [N] float 1.0/0.0; NaN = no function reported success
+    components: torch.Tensor     # [N, K] float, raw (unweighted) value per function; NaN = None
+    metrics: dict[str, float]
+    names: list[str]             # [K] function names, the columns of ``components``
+
+
+def check_signature(fn: Callable[..., Any]) -> str:
+    """Return BATCH or PER_SAMPLE for ``fn``; raise RewardSignatureError for anything else."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError) as exc:
+        raise RewardSignatureError(f"cannot read the signature of reward {fn!r}: {exc}") from exc
+    if "solution_str" in params and "ground_truth" in params:
+        return PER_SAMPLE
+    if "completions" in params:
+        return BATCH
+    name = getattr(fn, "__qualname__", repr(fn))
+    raise RewardSignatureError(f"reward function {name}{inspect.signature(fn)} has neither accepted signature: "
+                               f"{SIGNATURES}. Rename its parameters to match one of them")
+
+
+def _display_name(spec_name: str, fn: Callable[..., Any]) -> str:
+    if ":" not in spec_name:
+        return spec_name
+    return getattr(fn, "plugin_name", None) or spec_name.rpartition(":")[2].rpartition(".")[2]
+
+
+def load_reward(spec: RewardSpec) -> RewardFunction:
+    """Resolve ``spec.name`` through the REWARDS registry, check its signature, bind ``spec.kwargs``."""
+    if ":" not in spec.name:
+        import rewards  # noqa: F401  (registers the built-ins: exact_match, math_verify, format)
+    fn = REWARDS.get(spec.name)
+    style = check_signature(fn)
+    params = inspect.signature(fn).parameters
+    unfilled = [n for n, p in params.items() if style == PER_SAMPLE and p.default is p.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in FILLED | set(spec.kwargs)]
+    if unfilled:
+        raise RewardSignatureError(f"reward '{spec.name}': required parameter(s) {', '.join(unfilled)} of a "
+                                   f"verl-style function are not filled by rlkit; give them defaults or set "
+                                   f"them under the reward's kwargs")
+    named = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - FILLED
+    for key in spec.kwargs:
+        if key in FILLED:
+            raise PluginError(f"reward '{spec.name}': option '{key}' is filled by rlkit from the batch; remove it")
+        if key not in named:
+            raise PluginError(f"reward '{spec.name}': unknown option '{key}'{closest(key, named)}; valid options: "
+                              f"{', '.join(sorted(named)) or '(none)'}")
+    if not (isinstance(spec.weight, numbers.Real) and math.isfinite(spec.weight)):
+        raise PluginError(f"reward '{spec.name}': weight must be a finite number, got {spec.weight!r}")
+    return RewardFunction(name=_display_name(spec.name, fn), fn=functools.partial(fn, **spec.kwargs),
+                          style=style, weight=float(spec.weight), params=params, bound=frozenset(spec.kwargs))
+
+
+def _missing_columns(rf: RewardFunction, columns: Iterable[str], answer_column: str) -> list[str]:
+    have = set(columns)
+    if rf.style == PER_SAMPLE:
+        return [] if answer_column in have else [answer_column]
+    return [n for n in rf.required() if n not in have | {"completions", "prompts"}]
+
+
+def validate(specs: list[RewardSpec], columns: Iterable[str] | None = None,
+             answer_column: str = "answer") -> list[RewardFunction]:
+    """Load every spec (start-up check, no model needed); with ``columns``, check the data feeds them."""
+    if not specs:
+        raise ValueError("no reward functions configured; add at least one under reward.functions")
+    loaded = [load_reward(s) for s in specs]
+    columns = None if columns is None else list(columns)
+    for rf in loaded if columns is not None else []:
+        missing = _missing_columns(rf, columns, answer_column)
+        if missing:
+            raise RewardFailure(f"reward '{rf.name}' needs dataset column(s) {', '.join(missing)}, which the "
+                                f"dataset lacks (columns: {', '.join(sorted(columns))})")
+    return loaded
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def _call(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: float | None, name: str) -> Any:
+    """``fn(**kwargs)`` in a daemon thread joined for ``timeout_s`` (inline when None)."""
+    if timeout_s is None:
+        return fn(**kwargs)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(**kwargs)
+        except BaseException as exc:  # noqa: BLE001  (handed to the caller)
+            box["error"] = exc if isinstance(exc, Exception) else RuntimeError(f"reward raised {exc!r}")
+
+    thread = threading.Thread(target=target, name=f"rlkit-reward-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise _TimedOut(f"reward '{name}' did not return within timeout_s={timeout_s}")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _number(x: Any) -> float:
+    if isinstance(x, torch.Tensor) and x.numel() == 1:
+        x = x.item()
+    elif isinstance(x, (np.ndarray, np.generic)) and np.size(x) == 1:
+        x = x.item()
+    if not isinstance(x, numbers.Real):
+        raise ValueError(f"reward value {x!r:.80} is not a number")
+    if not math.isfinite(float(x)):
+        raise ValueError(f"reward value {x!r} is not finite")
+    return float(x)
+
+
+def parse_result(value: Any) -> tuple[float | None, float, dict[str, float]]:
+    """One result -> (reward or None, success 1.0/0.0 or NaN, numeric extras); ValueError if invalid."""
+    if value is None:
+        return None, math.nan, {}
+    if not isinstance(value, Mapping):
+        return _number(value), math.nan, {}
+    key = "reward" if "reward" in value else "score" if "score" in value else None
+    if key is None:
+        raise ValueError(f"dict result has no 'reward' key (keys: {', '.join(map(str, value))})")
+    reward = None if value[key] is None else _number(value[key])
+    success = value.get("success")
+    success = math.nan if success is None else float(bool(_number(success)))
+    extras = {}
+    for k, v in value.items():
+        if k not in (key, "success"):
+            try:
+                extras[str(k)] = _number(v)
+            except ValueError:
+                pass  # non-numeric extras are not metrics
+    return reward, success, extras
+
+
+class _Outcome:
+    """One function's results over N samples, filled sample by sample."""
+
+    def __init__(self, n: int, failure_value: float):
+        self.values = [math.nan] * n        # [N] reward; NaN = None, failure_value = failed
+        self.success = [math.nan] * n       # [N] 1.0/0.0; NaN = not reported
+        self.failed = [False] * n
+        self.timed_out = [False] * n
+        self.extras: dict[str, list[float]] = {}
+        self.failure_value = failure_value
+        self.first_error: tuple[int, str, str] | None = None   # (sample, summary, traceback)
+
+    def record(self, i: int, result: Any) -> None:
+        try:
+            reward, success, extras = parse_result(result)
+        except ValueError as exc:
+            self.fail(i, exc)
+            return
+        self.values[i] = math.nan if reward is None else reward
+        self.success[i] = success
+        for key, v in extras.items():
+            self.extras.setdefault(key, [math.nan] * len(self.values))[i] = v
+
+    def fail(self, i: int, exc: Exception) -> None:
+        self.values[i], self.failed[i] = self.failure_value, True
+        self.timed_out[i] = isinstance(exc, _TimedOut)
+        if self.first_error is None:
+            self.first_error = (i, f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))
+
+
+def _as_list(rf: RewardFunction, results: Any, n: int) -> list[Any]:
+    if isinstance(results, (str, bytes, Mapping)) or not isinstance(results, Iterable):
+        raise RewardFailure(f"reward '{rf.name}' returned {type(results).__name__}, expected a list of {n} "
+                            f"results, one per completion")
+    results = list(results)
+    if len(results) != n:
+        raise RewardFailure(f"reward '{rf.name}' returned {len(results)} results for {n} completions; a batch "
+                            f"reward must return exactly one result per completion")
+    return results
+
+
+def _run_each(rf: RewardFunction, n: int, kwargs_at: Callable[[int], dict[str, Any]],
+              unpack: Callable[[Any], Any], timeout_s: float | None, out: _Outcome) -> None:
+    """Call ``rf`` once per sample; after MAX_CONSECUTIVE_TIMEOUTS timeouts in a row, skip the rest."""
+    streak = 0
+    for i in range(n):
+        if streak >= MAX_CONSECUTIVE_TIMEOUTS:
+            out.fail(i, _TimedOut(f"reward '{rf.name}' skipped after {streak} consecutive timeouts"))
+            continue
+        try:
+            result = _call(rf.fn, kwargs_at(i), timeout_s, rf.name)
+        except Exception as exc:  # noqa: BLE001  (isolated: this sample fails)
+            streak = streak + 1 if isinstance(exc, _TimedOut) else 0
+            out.fail(i, exc)
+            continue
+        streak = 0
+        out.record(i, unpack(result))
+
+
+def _score_batch(rf: RewardFunction, kwargs: dict[str, list], n: int, timeout_s: float | None,
+                 out: _Outcome) -> None:
+    """One call for the whole batch; if it raises or times out, retry one sample at a time."""
+    try:
+        results = _call(rf.fn, kwargs, timeout_s, rf.name)
+    except Exception as exc:  # noqa: BLE001  (retried per sample below)
+        logger.debug("reward '%s' failed on the batch (%r); retrying per sample", rf.name, exc)
+        _run_each(rf, n, lambda i: {k: [v[i]] for k, v in kwargs.items()},
+                  lambda r: _as_list(rf, r, 1)[0], timeout_s, out)
+        return
+    for i, result in enumerate(_as_list(rf, results, n)):
+        out.record(i, result)
+
+
+class RewardManager:
+    """Scores completions with every configured reward function and combines them (see module docstring)."""
+
+    def __init__(self, specs: list[RewardSpec], *, timeout_s: float | None = 30.0, failure_value: float = 0.0,
+                 answer_column: str = "answer", default_data_source: str = "unknown"):
+        self.functions = validate(specs)
+        seen: dict[str, int] = {}
+        for rf in self.functions:  # unique metric names when one function is configured twice
+            seen[rf.name] = seen.get(rf.name, 0) + 1
+            rf.name = rf.name if seen[rf.name] == 1 else f"{rf.name}_{seen[rf.name]}"
+        self.timeout_s = timeout_s if timeout_s is not None and timeout_s > 0 else None
+        self.failure_value = float(failure_value)
+        self.answer_column = answer_column
+        self.default_data_source = default_data_source
+        self._logged: set[str] = set()
+
+    @property
+    def names(self) -> list[str]:
+        return [rf.name for rf in self.functions]
+
+    def check_columns(self, columns: Iterable[str]) -> None:
+        """Raise RewardFailure if a function needs a column the dataset lacks (start-up check)."""
+        columns = list(columns)
+        for rf in self.functions:
+            missing = _missing_columns(rf, columns, self.answer_column)
+            if missing:
+                raise RewardFailure(f"reward '{rf.name}' needs dataset column(s) {', '.join(missing)}, which the "
+                                    f"dataset lacks (columns: {', '.join(sorted(columns)) or '(none)'}); set "
+                                    f"data.answer_column or add the column")
+
+    def score(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> RewardResult:
+        """Score N completions; ``columns`` maps each dataset column to its N values."""
+        t0 = time.perf_counter()
+        n = len(completions)
+        bad = {k: len(v) for k, v in {"prompts": prompts, **columns}.items() if len(v) != n}
+        if bad:
+            raise ValueError(f"reward inputs disagree in length: {n} completions but {bad}")
+        self.check_columns(columns)
+        outcomes = [self._score_function(rf, prompts, completions, columns) for rf in self.functions]
+        result = self._combine(outcomes, n)
+        result.metrics["time_s"] = time.perf_counter() - t0
+        return result
+
+    def _score_function(self, rf: RewardFunction, prompts: list[str], completions: list[str],
+                        columns: dict[str, list]) -> _Outcome:
+        n = len(completions)
+        out = _Outcome(n, self.failure_value)
+        if rf.style == BATCH:
+            data = {**columns, "prompts": list(prompts), "completions": list(completions)}
+            _score_batch(rf, {k: list(v) for k, v in data.items() if rf.accepts(k)}, n, self.timeout_s, out)
+        else:
+            _run_each(rf, n, lambda i: self._sample_kwargs(rf, i, completions, columns), lambda r: r,
+                      self.timeout_s, out)
+        self._report(rf, out, n)
+        return out
+
+    def _sample_kwargs(self, rf: RewardFunction, i: int, completions: list[str],
+                       columns: dict[str, list]) -> dict[str, Any]:
+        skip = (self.answer_column, "data_source")
+        data = {"solution_str": completions[i], "ground_truth": columns[self.answer_column][i],
+                "data_source": columns["data_source"][i] if "data_source" in columns else self.default_data_source,
+                "extra_info": {k: v[i] for k, v in columns.items() if k not in skip}}
+        return {k: v for k, v in data.items() if rf.accepts(k)}
+
+    def _report(self, rf: RewardFunction, out: _Outcome, n: int) -> None:
+        if out.first_error is None:
+            return
+        sample, summary, trace = out.first_error
+        if rf.name not in self._logged:
+            self._logged.add(rf.name)
+            logger.warning("reward '%s' failed on sample %d (it gets failure_value=%s; later failures are only "
+                           "counted in the metrics):\n%s", rf.name, sample, self.failure_value, trace)
+        if n and all(out.failed):
+            hint = (" Rewards run in worker threads: disable their own signal-based timeouts."
+                    if "signal only works in main thread" in summary else "")
+            raise RewardFailure(f"reward '{rf.name}' failed on all {n} samples of this step; first error "
+                                f"(sample {sample}): {summary}.{hint} The run stops: fix the reward function "
+                                f"(full traceback logged above by 'rlkit.rewards').")
+
+    def _combine(self, outcomes: list[_Outcome], n: int) -> RewardResult:
+        k = len(outcomes)
+        comps = torch.tensor([o.values for o in outcomes], dtype=torch.float32).reshape(k, n).T    # [N, K]
+        weights = torch.tensor([rf.weight for rf in self.functions], dtype=torch.float32)          # [K]
+        scored = ~torch.isnan(comps)                                                                # [N, K]
+        rewards = (torch.nan_to_num(comps, nan=0.0) * weights).sum(dim=1)                           # [N]
+        rewards[~scored.any(dim=1)] = math.nan
+        succ = torch.tensor([o.success for o in outcomes], dtype=torch.float32).reshape(k, n).T    # [N, K]
+        reported = ~torch.isnan(succ)                                                               # [N, K]
+        every = torch.where(reported, succ, torch.ones_like(succ)).amin(dim=1)                     # [N] AND
+        success = torch.where(reported.any(dim=1), every, torch.full_like(rewards, math.nan))      # [N]
+        metrics = self._metrics(outcomes, comps, rewards)
+        return RewardResult(rewards=rewards, success=success, components=comps, metrics=metrics,
+                            names=self.names)
+
+    def _metrics(self, outcomes: list[_Outcome], comps: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for j, (rf, out) in enumerate(zip(self.functions, outcomes)):
+            col = comps[:, j]                                                                        # [N]
+            if (~torch.isnan(col)).any():
+                metrics[f"{rf.name}/mean"] = float(col.nanmean())
+            metrics[f"{rf.name}/failures"] = float(sum(out.failed))
+            metrics[f"{rf.name}/timeouts"] = float(sum(out.timed_out))
+            metrics[f"{rf.name}/unscorable"] = float(torch.isnan(col).sum())
+            for key, values in out.extras.items():
+                if not all(math.isnan(v) for v in values):
+                    metrics[f"{rf.name}/{key}"] = float(np.nanmean(values))
+        metrics["failures"] = float(sum(sum(o.failed) for o in outcomes))
+        metrics["timeouts"] = float(sum(sum(o.timed_out) for o in outcomes))
+        metrics["unscorable"] = float(torch.isnan(rewards).sum())
+        return metrics

@@ -1,0 +1,67 @@
+"""Rollout engines: prompt token ids -> completions (token ids, sampling log-probs, finish reason).
+
+Every engine implements :class:`RolloutEngine`. Requests are flat: one entry per completion, each with its own
+``seed``; a completion's randomness depends only on that seed, never on which other requests share the batch
+or on the number of processes (see :func:`completion_seed`). That is what makes 1-process and N-process runs,
+and interrupted and uninterrupted runs, produce the same rollouts.
+
+``rollout_logprobs`` are log-probs of the sampled token under the *temperature-scaled* distribution
+``log_softmax(logits / T)`` before top-k/top-p filtering -- the same quantity the trainer computes for
+``old_logprobs``, so the two can be compared (train/inference mismatch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlkit.plugin_api import Plugin
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+_M32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 1.0   # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0             # 0 = off
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]                 # generated ids, up to and including the stop token
+    logprobs: list[float]                # one per token in token_ids
+    finish_reason: str                   # "stop" (EOS/stop token) or "length" (max_new_tokens reached)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _mix32(x: int) -> int:
+    x &= _M32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
+    return ((x >> 16) ^ x) & _M32
+
+
+def completion_seed(run_seed: int, step: int, group_id: int, sample_index: int, salt: int = 0) -> int:
+    """A 31-bit seed for one completion, a pure function of its coordinates (not of batch layout)."""
+    h = _mix32(run_seed * 0x9E3779B1 + salt)
+    for part in (step, group_id, sample_index):
+        h = _mix32(h ^ (part * 0x85EBCA6B + 0x27D4EB2F))
+    return h & 0x7FFFFFFF
+
+
+class RolloutEngine(Plugin):
+    """Generates completions for a flat list of requests."""
+
+    def generate(self, prompt_ids: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Completion]:
+        raise NotImplementedError
+
+    def sync_weights(self, model: Any) -> dict[str, float]:
+        """Make the engine sample from ``model``'s current weights; returns timing metrics."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,128 @@
+"""One step's rollout phase: sampler rounds -> engine.generate -> rewards -> sampler.finalize -> RolloutBatch."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rlkit.batch import RolloutBatch
+from rlkit.rollout import FINISH_LENGTH, RolloutEngine, SamplingParams, completion_seed
+from rlkit.samplers import RolloutPool, Sampler
+
+
+@dataclass
+class RolloutContext:
+    engine: RolloutEngine
+    sampler: Sampler
+    rewards: object            # rlkit.rewards.RewardManager
+    tokenizer: object
+    params: SamplingParams
+    group_size: int
+    seed: int
+    max_rounds: int = 64       # safety net against a sampler that never stops
+
+
+def _run_round(ctx: RolloutContext, pool: RolloutPool, counts: list[int], group_ids: list[int], step: int,
+               timing: dict[str, float]) -> int:
+    have = pool.counts().tolist()
+    req_prompt, req_ids, req_seeds = [], [], []
+    for p, c in enumerate(counts):
+        for j in range(c):
+            req_prompt.append(p)
+            req_ids.append(pool.prompts[p].prompt_ids)
+            req_seeds.append(completion_seed(ctx.seed, step, group_ids[p], have[p] + j))
+    if not req_prompt:
+        return 0
+    t0 = time.perf_counter()
+    completions = ctx.engine.generate(req_ids, req_seeds, ctx.params)
+    t1 = time.perf_counter()
+    texts = ctx.tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
+    prompts = [pool.prompts[p] for p in req_prompt]
+    columns = {k: [pr.columns[k] for pr in prompts] for k in prompts[0].columns}
+    result = ctx.rewards.score([pr.prompt for pr in prompts], texts, columns)
+    timing["generate"] += t1 - t0
+    timing["reward"] += time.perf_counter() - t1
+    round_no = max(pool.round_index, default=-1) + 1
+    pool.prompt_index += req_prompt
+    pool.completions += completions
+    pool.round_index += [round_no] * len(req_prompt)
+    pool.rewards += result.rewards.tolist()
+    pool.success += result.success.tolist()
+    pool.components += result.components.tolist()
+    pool.completion_texts += texts
+    for k, v in result.metrics.items():  # counts add up over rounds, means are averaged (weighted by rows)
+        key = f"reward_metric/{k}"
+        weight = len(req_prompt) if k.endswith("/mean") else 1
+        timing[key] = timing.get(key, 0.0) + v * weight
+    return len(req_prompt)
+
+
+def collect_rollouts(ctx: RolloutContext, prompts: list, group_ids: list[int], step: int,
+                     pad_id: int) -> tuple[RolloutBatch, dict[str, float]]:
+    """Generate and score completions for ``prompts`` (this process's share) until the sampler is done."""
+    pool = RolloutPool(prompts=prompts)
+    timing = {"generate": 0.0, "reward": 0.0}
+    counts, rounds, generated = ctx.sampler.allocate(prompts, ctx.group_size), 0, 0
+    while counts and any(c > 0 for c in counts):
+        if rounds >= ctx.max_rounds:
+            raise RuntimeError(f"sampler asked for more than {ctx.max_rounds} rollout rounds in one step")
+        generated += _run_round(ctx, pool, counts, group_ids, step, timing)
+        rounds += 1
+        counts = ctx.sampler.next_round(pool)
+    rows = ctx.sampler.finalize(pool)
+    if not rows:
+        raise RuntimeError("the sampler kept no completion for this step; nothing to train on")
+    batch = build_batch(pool, rows, group_ids, pad_id)
+    metrics = {"rollout/generated": float(generated), "rollout/rounds": float(rounds),
+               "time/generate": timing["generate"], "time/reward": timing["reward"]}
+    metrics.update({k.replace("reward_metric/", "reward/"): v / (generated if k.endswith("/mean") else 1)
+                    for k, v in timing.items() if k.startswith("reward_metric/")})
+    return batch, metrics
+
+
+def build_batch(pool: RolloutPool, rows: list[int], group_ids: list[int], pad_id: int) -> RolloutBatch:
+    comps = [pool.completions[r] for r in rows]
+    width = max(1, max(len(c.token_ids) for c in comps))
+    n = len(rows)
+    response_ids = torch.full((n, width), pad_id, dtype=torch.long)                      # [N, T]
+    response_mask = torch.zeros((n, width), dtype=torch.bool)                            # [N, T]
+    rollout_logprobs = torch.zeros((n, width), dtype=torch.float32)                      # [N, T]
+    for i, c in enumerate(comps):
+        L = len(c.token_ids)
+        if L:
+            response_ids[i, :L] = torch.tensor(c.token_ids)
+            response_mask[i, :L] = True
+            rollout_logprobs[i, :L] = torch.tensor(c.logprobs, dtype=torch.float32)
+    prompts = [pool.prompts[pool.prompt_index[r]] for r in rows]
+    rewards = torch.tensor([pool.rewards[r] for r in rows], dtype=torch.float32)          # [N]
+    return RolloutBatch(
+        prompt_ids=[p.prompt_ids for p in prompts], response_ids=response_ids, response_mask=response_mask,
+        rollout_logprobs=rollout_logprobs,
+        truncated=torch.tensor([c.finish_reason == FINISH_LENGTH for c in comps]),
+        group_ids=torch.tensor([group_ids[pool.prompt_index[r]] for r in rows], dtype=torch.long),
+        rewards=rewards.clone(), raw_rewards=rewards,
+        success=torch.tensor([pool.success[r] for r in rows], dtype=torch.float32),
+        reward_components=torch.tensor([pool.components[r] for r in rows], dtype=torch.float32).reshape(n, -1),
+        prompts=[p.prompt for p in prompts], completions=[pool.completion_texts[r] for r in rows],
+        columns={k: [p.columns[k] for p in prompts] for k in prompts[0].columns},
+    )
+
+
+def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:
+    raw = batch.raw_rewards if batch.raw_rewards is not None else batch.rewards
+    ok = ~torch.isnan(raw)
+    succ = batch.success[~torch.isnan(batch.success)]
+    lengths = batch.lengths.float()
+    return {
+        "reward/mean": raw[ok].mean().item() if ok.any() else math.nan,
+        "reward/std": raw[ok].std().item() if ok.sum() > 1 else 0.0,
+        "reward/success": succ.mean().item() if len(succ) else math.nan,
+        "reward/unscorable_frac": (~ok).float().mean().item(),
+        "rollout/completions": float(len(batch)),
+        "rollout/length_mean": lengths.mean().item(),
+        "rollout/length_max": lengths.max().item(),
+        "rollout/truncated_frac": batch.truncated.float().mean().item(),
+    }

@@ -1,0 +1,20 @@
+"""``sampler: fixed`` -- every prompt gets ``rollout.n`` completions in one round (GRPO / TRL / verl default).
+
+Options: ``n`` overrides ``rollout.n`` for this sampler (default: use ``rollout.n``).
+"""
+
+from __future__ import annotations
+
+from rlkit.registry import SAMPLERS
+from rlkit.samplers import Sampler
+
+
+@SAMPLERS.register("fixed")
+class FixedSampler(Sampler):
+    def __init__(self, n: int | None = None):
+        if n is not None and n < 1:
+            raise ValueError(f"sampler.n must be >= 1, got {n}")
+        self.n = n
+
+    def allocate(self, prompts: list, group_size: int) -> list[int]:
+        return [self.n or group_size] * len(prompts)

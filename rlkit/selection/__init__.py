@@ -1,0 +1,10 @@
+"""Selections: which samples and tokens are trained on, as token_weights [N, T] in [0, 1].
+
+Importing this package registers the built-in selections in ``rlkit.registry.SELECTIONS``.
+"""
+
+from rlkit.plugin_api import Selection
+from rlkit.selection import all_tokens  # noqa: F401
+from rlkit.selection.all_tokens import AllTokens
+
+__all__ = ["AllTokens", "Selection"]

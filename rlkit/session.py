@@ -1,0 +1,111 @@
+"""Everything a run needs, built from a recipe: models, tokenizer, data, rewards, plug-ins, optimizer, engine.
+
+``check_recipe`` does every check that needs no model (so bad input fails before anything heavy loads);
+``build_session`` then loads models and wires the pieces. The trainer only runs the loop over a Session.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import get_scheduler
+
+from rlkit.build import Plugins, build_engine, build_plugins, check_engine
+from rlkit.config import RecipeConfig
+from rlkit.data import PromptSource, is_local_source, load_prompt_dataset
+from rlkit.modeling import check_model_source, load_causal_lm, load_tokenizer
+from rlkit.rewards import RewardManager, RewardSpec
+from rlkit.rollout import SamplingParams
+
+log = logging.getLogger("rlkit")
+
+
+@dataclass
+class Session:
+    cfg: RecipeConfig
+    accelerator: Any
+    model: Any                 # prepared (DDP-wrapped when distributed)
+    ref_model: Any | None
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    engine: Any
+    plugins: Plugins
+    needs: set[str]
+    rewards: RewardManager
+    train_prompts: PromptSource
+    eval_prompts: list | None
+    sampling: SamplingParams
+    eval_sampling: SamplingParams
+
+    @property
+    def policy(self):
+        return self.accelerator.unwrap_model(self.model)
+
+
+def reward_manager(cfg: RecipeConfig) -> RewardManager:
+    specs = [RewardSpec(name=f.name, weight=f.weight, kwargs=f.kwargs) for f in cfg.reward.functions]
+    return RewardManager(specs, timeout_s=cfg.reward.timeout_s, failure_value=cfg.reward.failure_value,
+                         answer_column=cfg.data.answer_column)
+
+
+def check_recipe(cfg: RecipeConfig, *, check_files: bool = True) -> tuple[Plugins, RewardManager]:
+    """Every model-free check: plug-ins build, rewards load with valid signatures, files exist."""
+    plugins = build_plugins(cfg)
+    plugins.requires()
+    check_engine(cfg)
+    rewards = reward_manager(cfg)
+    if check_files:
+        check_model_source(cfg.model)
+        for name in ("train", "eval"):
+            source = getattr(cfg.data, name)
+            if source and is_local_source(source) and not Path(source).exists():
+                raise FileNotFoundError(f"data.{name} '{source}' does not exist. Generate the synthetic task with "
+                                        f"`rlkit make-data arithmetic DIR` or point data.{name} at a "
+                                        f".jsonl/.parquet file or a hub dataset name.")
+    return plugins, rewards
+
+
+def _prompt_source(cfg: RecipeConfig, tokenizer, source: str, split: str, shuffle: bool) -> PromptSource:
+    dataset = load_prompt_dataset(source, split=split, prompt_column=cfg.data.prompt_column)
+    return PromptSource(dataset, tokenizer, prompt_column=cfg.data.prompt_column, chat_template=cfg.data.chat_template,
+                        max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.train.seed, shuffle=shuffle)
+
+
+def build_session(cfg: RecipeConfig, accelerator) -> Session:
+    plugins, rewards = check_recipe(cfg)
+    world = accelerator.num_processes
+    if cfg.train.prompts_per_step % world:
+        raise ValueError(f"train.prompts_per_step={cfg.train.prompts_per_step} must be divisible by the number of "
+                         f"processes ({world}) so that every group stays on one process")
+    needs = plugins.requires()
+    if cfg.train.epochs > 1 or cfg.train.mini_batches > 1:
+        needs.add("old_logprobs")  # the policy moves between optimizer steps of one batch
+    if "values" in needs:
+        raise ValueError("a plug-in requires critic values but no critic is configured")
+    tokenizer = load_tokenizer(cfg.model)
+    train_prompts = _prompt_source(cfg, tokenizer, cfg.data.train, cfg.data.train_split, cfg.data.shuffle)
+    eval_prompts = None
+    if cfg.data.eval:
+        src = _prompt_source(cfg, tokenizer, cfg.data.eval, cfg.data.eval_split, shuffle=False)
+        eval_prompts = [src.item(i) for i in range(min(len(src), cfg.eval.max_prompts))]
+    model = load_causal_lm(cfg.model)
+    ref_model = load_causal_lm(cfg.model, trainable=False).to(accelerator.device) if "ref_logprobs" in needs else None
+    t = cfg.train
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
+                                  betas=tuple(t.adam_betas), eps=t.adam_eps, weight_decay=t.weight_decay)
+    total_updates = t.steps * t.epochs * t.mini_batches
+    scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps,
+                              num_training_steps=total_updates)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    policy = accelerator.unwrap_model(model)
+    engine = build_engine(cfg, model=policy, tokenizer=tokenizer, accelerator=accelerator)
+    r = cfg.rollout
+    sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
+    eval_sampling = SamplingParams(cfg.eval.max_new_tokens or r.max_new_tokens, cfg.eval.temperature, r.top_p, r.top_k)
+    return Session(cfg, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, plugins, needs,
+                   rewards, train_prompts, eval_prompts, sampling, eval_sampling)

@@ -1,0 +1,494 @@
+"""Run output: metrics files, TensorBoard, optional Weights & Biases, progress bar and printed tables.
+
+Everything a run writes for humans lives in its run directory::
+
+    run_dir/
+      metrics.jsonl     one JSON object per ``MetricsLogger.log`` call: {"step", "time", **metrics}
+      samples.jsonl     one JSON object per logged sample: {"step", **row} (prompt, completion, reward, ...)
+      tensorboard/      TensorBoard event files (scalars only)
+      plots/            PNG curves written by ``rlkit plot`` (see ``rlkit.plot``)
+
+File format. Every line is strict JSON (RFC 8259), so ``json.loads``, ``jq`` and pandas all read it.
+Non-finite numbers (NaN, +inf, -inf) have no JSON spelling: they are written as ``null`` and
+``read_metrics`` gives them back as ``float("nan")`` (the sign of an infinity is lost; TensorBoard and wandb
+receive the exact value). Integers stay integers, everything numeric else becomes a Python float
+(0-d / one-element tensors and numpy scalars included). Each line is flushed as soon as it is written, so a
+crash loses at most the line being written; that partial line is tolerated by ``read_metrics`` and dropped
+when a resumed run reopens the file.
+
+Metric names are written exactly as given: the trainer prefixes them by kind (``advantage/``, ``loss/``,
+``sampler/``, ``rollout/``, ``reward/``, ``time/``, ``eval/``), and this module renames nothing.
+
+Only the main process writes: build ``MetricsLogger(..., enabled=False)`` and ``Progress(..., enabled=False)``
+on the other ranks and every method becomes a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import IO, Any, Mapping, Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from tqdm import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+RESERVED_KEYS = ("step", "time")
+
+console = Console(stderr=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# value conversion
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _scalar(value: Any) -> Any:
+    """Unwrap 0-d/one-element tensors and numpy scalars/arrays into Python numbers; other values unchanged."""
+    if hasattr(value, "numel") and hasattr(value, "item"):  # torch.Tensor, without importing torch here
+        if value.numel() != 1:
+            raise ValueError(f"tensor with shape {tuple(value.shape)}")
+        return value.item()
+    if hasattr(value, "item") and getattr(value, "size", None) == 1:  # numpy scalar or one-element array
+        return value.item()
+    return value
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def metric_value(key: str, value: Any) -> int | float | str | None:
+    """Convert one metric to its JSON form: int, float (None when non-finite), str, or None.
+
+    Raises ``TypeError`` naming the key when the value is not a scalar (a list, a multi-element tensor, ...).
+    """
+    try:
+        value = _scalar(value)
+    except ValueError as err:
+        raise TypeError(
+            f"metric {key!r} is a {err}; log a scalar instead (e.g. `.mean().item()`)"
+        ) from None
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return _finite_or_none(float(value))
+    raise TypeError(
+        f"metric {key!r} has type {type(value).__name__} ({value!r:.60}); log a number "
+        "(float, int, 0-d tensor, numpy scalar), a string or None"
+    )
+
+
+def jsonable(value: Any) -> Any:
+    """Best-effort conversion of a sample field to strict JSON (never raises).
+
+    Tensors and arrays become (nested) lists, non-finite floats become None, unknown objects become ``str``.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return _finite_or_none(value)
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # tensors, numpy arrays and scalars
+        return jsonable(value.tolist())
+    if isinstance(value, numbers.Real):
+        return _finite_or_none(float(value))
+    return str(value)
+
+
+def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric metrics as floats, non-finite values kept (strings and None left out)."""
+    out = {}
+    for key, value in metrics.items():
+        value = _scalar(value)
+        if isinstance(value, numbers.Real):
+            out[str(key)] = float(value)
+    return out
+
+
+def _json_line(obj: Mapping[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# jsonl files
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _drop_partial_last_line(path: Path) -> int:
+    """Cut an unterminated last line (left by a crash mid-write) so appends start on a fresh line.
+
+    Returns the number of bytes removed (0 when the file is absent, empty or ends with a newline).
+    """
+    if not path.exists():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        pos = size
+        while pos > 0:  # scan backwards in chunks for the last newline
+            start = max(0, pos - 65536)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            pos = start
+        else:
+            keep = 0
+        f.truncate(keep)
+        return size - keep
+
+
+def _open_append(path: Path) -> IO[str]:
+    dropped = _drop_partial_last_line(path)
+    if dropped:
+        warnings.warn(
+            f"{path}: dropped a partial last line of {dropped} bytes (left by an interrupted run)",
+            stacklevel=3,
+        )
+    return open(path, "a", encoding="utf-8")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a JSON-lines file written by this module, tolerating a truncated last line.
+
+    A malformed line anywhere else raises ``ValueError`` with the file and line number.
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):  # interrupted mid-write: the last line may be cut anywhere
+                break
+            raise ValueError(
+                f"{path}:{number} is not valid JSON ({err.msg}); fix or delete that line"
+            ) from None
+    return rows
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Return the rows of ``run_dir/metrics.jsonl`` in file order, with ``null`` values as ``float('nan')``.
+
+    A truncated last line (interrupted run) is skipped. Rows of a resumed run may repeat steps; consumers
+    that need one value per step keep the last one (as ``rlkit.plot`` does).
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist; is {str(run_dir)!r} an rlkit run directory "
+            f"(the `output_dir` of a training run)?"
+        )
+    rows = read_jsonl(path)
+    return [{k: (math.nan if v is None else v) for k, v in row.items()} for row in rows]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# MetricsLogger
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _import_wandb() -> Any:
+    try:
+        import wandb  # noqa: PLC0415 - optional dependency, imported only when configured
+    except ImportError as err:
+        raise ImportError(
+            "the recipe asks for Weights & Biases logging (a `wandb` section), but the `wandb` package is "
+            "not installed; run `pip install wandb` (or `pip install 'rlkit[wandb]'`), or remove the "
+            "`wandb` section to log to metrics.jsonl and TensorBoard only"
+        ) from err
+    return wandb
+
+
+class MetricsLogger:
+    """Append metrics to ``metrics.jsonl``, TensorBoard and (optionally) wandb; samples to ``samples.jsonl``.
+
+    Args:
+        run_dir: the run directory (created if missing).
+        tensorboard: also write scalars to ``run_dir/tensorboard``.
+        wandb: keyword arguments for ``wandb.init`` (``project``, ``name``, ``entity``, ``config``, ...);
+            None disables wandb. ``dir`` defaults to ``run_dir``.
+        enabled: False on non-main processes: nothing is created or written, every method is a no-op.
+
+    Usable as a context manager; ``close()`` is idempotent.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        tensorboard: bool = True,
+        wandb: Mapping[str, Any] | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self._metrics_file: IO[str] | None = None
+        self._samples_file: IO[str] | None = None
+        self._tb_writer: Any = None
+        self._wandb_run: Any = None
+        if not enabled:
+            return
+        if wandb is not None and not isinstance(wandb, Mapping):
+            raise TypeError(
+                f"wandb must be a dict of wandb.init keyword arguments or None, got {type(wandb).__name__}"
+            )
+        wandb_module = _import_wandb() if wandb is not None else None  # fail before creating files
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics_file = _open_append(self.run_dir / METRICS_FILE)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - slow import, only when used
+
+            self._tb_writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), flush_secs=30)
+        if wandb_module is not None:
+            self._wandb_run = wandb_module.init(**{"dir": str(self.run_dir), **dict(wandb)})
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / METRICS_FILE
+
+    @property
+    def samples_path(self) -> Path:
+        return self.run_dir / SAMPLES_FILE
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Write one row ``{"step", "time", **metrics}``; metric names are kept exactly as given."""
+        if not self.enabled:
+            return
+        if self._metrics_file is None:
+            raise RuntimeError(f"MetricsLogger({str(self.run_dir)!r}) is closed; log before close()")
+        clash = [k for k in RESERVED_KEYS if k in metrics]
+        if clash:
+            raise ValueError(f"metric names {clash} are reserved by metrics.jsonl; rename them")
+        values = {str(k): metric_value(str(k), v) for k, v in metrics.items()}
+        self._metrics_file.write(_json_line({"step": int(step), "time": time.time(), **values}))
+        self._metrics_file.flush()
+        numeric = _numeric(metrics)  # exact values (NaN/inf included) for TensorBoard and wandb
+        if self._tb_writer is not None:
+            for key, value in numeric.items():
+                self._tb_writer.add_scalar(key, value, global_step=int(step))
+        if self._wandb_run is not None:
+            self._wandb_run.log(numeric, step=int(step))
+
+    def log_samples(
+        self, step: int, rows: Sequence[Mapping[str, Any]], *, max_chars: int = 80
+    ) -> Table | None:
+        """Append ``{"step": step, **row}`` per row to ``samples.jsonl`` and return a table of the rows.
+
+        Returns None when disabled, so ``print_table(logger.log_samples(...))`` is safe on every rank.
+        """
+        if not self.enabled:
+            return None
+        if self._samples_file is None:
+            if self._metrics_file is None:
+                raise RuntimeError(f"MetricsLogger({str(self.run_dir)!r}) is closed; log before close()")
+            self._samples_file = _open_append(self.samples_path)
+        for row in rows:
+            fields = {k: v for k, v in jsonable(dict(row)).items() if k != "step"}
+            self._samples_file.write(_json_line({"step": int(step), **fields}))
+        self._samples_file.flush()
+        return samples_table(rows, title=f"samples at step {step}", max_chars=max_chars)
+
+    def close(self) -> None:
+        """Flush and close every sink (files, TensorBoard, wandb run). Safe to call twice."""
+        for attr in ("_metrics_file", "_samples_file"):
+            handle = getattr(self, attr)
+            if handle is not None:
+                handle.close()
+                setattr(self, attr, None)
+        if self._tb_writer is not None:
+            self._tb_writer.close()
+            self._tb_writer = None
+        if self._wandb_run is not None:
+            self._wandb_run.finish()
+            self._wandb_run = None
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------------------------------
+
+
+def truncate(text: str, max_chars: int = 80) -> str:
+    """One-line, at most ``max_chars`` characters, markup-escaped: safe to put in a rich table cell."""
+    flat = " ".join(str(text).split())
+    if len(flat) > max_chars:
+        flat = flat[: max(0, max_chars - 1)] + "…"
+    return escape(flat)
+
+
+def format_cell(value: Any, max_chars: int = 80) -> str:
+    """Render a value for a table: floats with 4 significant digits, text truncated and escaped."""
+    try:
+        value = _scalar(value)
+    except ValueError:
+        pass
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "-"
+    return truncate(str(value), max_chars)
+
+
+def samples_table(rows: Sequence[Mapping[str, Any]], *, title: str = "samples", max_chars: int = 80) -> Table:
+    """A table with one column per key (first-seen order) and one line per row."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    table = Table(title=escape(title), show_lines=True)
+    for column in columns:
+        table.add_column(escape(str(column)), overflow="fold")
+    for row in rows:
+        table.add_row(*(format_cell(row.get(c), max_chars) for c in columns))
+    return table
+
+
+def format_eval_table(results: Mapping[str, Any], title: str = "evaluation") -> Table:
+    """A two-column table (metric, value) of evaluation results, in the given order."""
+    table = Table(title=escape(title))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in results.items():
+        table.add_row(escape(str(name)), format_cell(value))
+    return table
+
+
+def print_table(table: Table | None) -> None:
+    """Print a table to stdout with the module console; None (a disabled logger's result) prints nothing."""
+    if table is not None:
+        console.print(table)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------------------------------------------
+
+#: Postfix label -> metric names tried in order (first present wins). A missing label is not shown.
+POSTFIX_KEYS: dict[str, tuple[str, ...]] = {
+    "reward": ("reward/mean", "reward"),
+    "acc": ("reward/success", "eval/accuracy", "accuracy"),
+    "kl": ("loss/kl", "kl"),
+    "loss": ("loss/total", "loss/loss", "loss", "loss/policy"),
+    "s/step": ("time/step",),
+}
+
+
+def _pick(metrics: Mapping[str, Any], candidates: Sequence[str]) -> float | None:
+    for key in candidates:
+        if key in metrics:
+            try:
+                value = _scalar(metrics[key])
+            except ValueError:
+                continue
+            if isinstance(value, numbers.Real):
+                return float(value)
+    return None
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed stream
+        return False
+
+
+class Progress:
+    """A tqdm bar over optimizer steps, with live reward/acc/kl/loss and seconds per step.
+
+    ``update(step, metrics)`` moves the bar to ``step`` (the number of finished steps) and refreshes the
+    postfix from ``metrics`` (names in ``POSTFIX_KEYS``); seconds per step come from ``time/step`` when
+    logged, else from the wall time between updates. When ``file`` is not a terminal (CI logs) the bar is
+    redrawn at most every 30 s so logs stay short. Disabled: every method is a no-op.
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        *,
+        initial: int = 0,
+        enabled: bool = True,
+        file: IO[str] | None = None,
+    ) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+        self._last_step = initial
+        self._last_time = time.perf_counter()
+        if not enabled:
+            return
+        stream = file if file is not None else sys.stderr
+        self._bar = tqdm(
+            total=total_steps,
+            initial=initial,
+            file=stream,
+            dynamic_ncols=True,
+            mininterval=0.5 if _isatty(stream) else 30.0,
+            unit="step",
+            desc="train",
+        )
+
+    def update(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
+        """Advance the bar to ``step`` and show the chosen metrics."""
+        if self._bar is None:
+            return
+        now = time.perf_counter()
+        metrics = dict(metrics or {})
+        if "time/step" not in metrics and step > self._last_step:
+            metrics["time/step"] = (now - self._last_time) / (step - self._last_step)
+        self._bar.set_postfix_str(self.postfix(metrics), refresh=False)
+        self._bar.update(step - self._bar.n)
+        self._last_step, self._last_time = step, now
+
+    @staticmethod
+    def postfix(metrics: Mapping[str, Any]) -> str:
+        """The postfix text, e.g. ``reward=0.512 acc=0.43 kl=0.00123 loss=0.0871 s/step=12.3``."""
+        parts = []
+        for label, candidates in POSTFIX_KEYS.items():
+            value = _pick(metrics, candidates)
+            if value is not None:
+                parts.append(f"{label}={value:.3g}")
+        return " ".join(parts)
+
+    def close(self) -> None:
+        """Close the bar (idempotent)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,153 @@
+"""The RL loop, written once (DESIGN.md "One optimizer step"). It never tests a plug-in's name."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from rlkit.batch import RolloutBatch
+from rlkit.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from rlkit.config import RecipeConfig, dump_config
+from rlkit.dist import mean_over_processes
+from rlkit.evaluation import evaluate
+from rlkit.forward import score_batch
+from rlkit.rollout.collect import RolloutContext, collect_rollouts, rollout_metrics
+from rlkit.session import Session, build_session
+from rlkit.tracking import MetricsLogger, Progress, format_eval_table, print_table
+from rlkit.update import UpdateContext, policy_update
+
+log = logging.getLogger("rlkit")
+
+
+def _prefixed(kind: str, metrics: dict) -> dict[str, float]:
+    return {f"{kind}/{k}": float(v) for k, v in metrics.items()}
+
+
+def score(s: Session, batch: RolloutBatch) -> dict[str, float]:
+    """Scoring pass: fill only what some plug-in requires (old_logprobs, entropy, ref_logprobs)."""
+    t, out = s.cfg.train, {}
+    common = dict(pad_id=s.tokenizer.pad_token_id, micro_batch_size=t.micro_batch_size,
+                  temperature=s.sampling.temperature, autocast=s.accelerator.autocast)
+    if s.needs & {"old_logprobs", "entropy"}:
+        batch.old_logprobs, batch.entropy = score_batch(s.policy, batch, with_entropy="entropy" in s.needs, **common)
+        diff = (batch.old_logprobs - batch.rollout_logprobs).abs()[batch.response_mask]
+        out["rollout/logprob_diff"] = diff.mean().item() if diff.numel() else 0.0
+    if "ref_logprobs" in s.needs:
+        batch.ref_logprobs, _ = score_batch(s.ref_model, batch, with_entropy=False, **common)
+    return out
+
+
+def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext) -> tuple[dict[str, float], RolloutBatch]:
+    cfg, acc, p = s.cfg, s.accelerator, s.plugins
+    times = {"start": time.perf_counter()}
+    per_rank = cfg.train.prompts_per_step // acc.num_processes
+    first = position + acc.process_index * per_rank
+    prompts = s.train_prompts.batch(first, per_rank)
+    ctx = RolloutContext(s.engine, p.sampler, s.rewards, s.tokenizer, s.sampling, cfg.rollout.n, cfg.train.seed)
+    batch, metrics = collect_rollouts(ctx, prompts, list(range(first, first + per_rank)), step,
+                                      s.tokenizer.pad_token_id)
+    metrics.update(rollout_metrics(batch))
+    batch.rewards = p.objective(batch.raw_rewards, batch.group_ids)
+    times["score"] = time.perf_counter()
+    metrics.update(score(s, batch))
+    times["advantage"] = time.perf_counter()
+    batch.advantages, adv_metrics = p.advantage(batch)
+    batch.token_weights, sel_metrics = p.selection(batch, progress=step / cfg.train.steps)
+    metrics.update(_prefixed("advantage", adv_metrics) | _prefixed("selection", sel_metrics))
+    times["train"] = time.perf_counter()
+    metrics.update(policy_update(update_ctx, batch, step))
+    times["update"] = time.perf_counter()
+    metrics.update(_prefixed("sampler", p.sampler.update(batch, step)))
+    metrics.update(_prefixed("rollout", s.engine.sync_weights(s.policy)))
+    end = time.perf_counter()
+    metrics.update({"time/score": times["advantage"] - times["score"], "time/train": times["update"] - times["train"],
+                    "time/step": end - times["start"]})
+    return mean_over_processes(acc, metrics), batch
+
+
+def _sample_rows(batch: RolloutBatch, k: int = 4) -> list[dict]:
+    adv = batch.advantages[:, 0] if batch.advantages is not None else torch.zeros(len(batch))
+    return [{"prompt": batch.prompts[i], "completion": batch.completions[i], "reward": float(batch.raw_rewards[i]),
+             "success": float(batch.success[i]), "advantage": float(adv[i])} for i in range(min(k, len(batch)))]
+
+
+def _trainer_state(s: Session, step: int, position: int) -> dict:
+    return {"step": step, "data_position": position,
+            "plugins": {name: plug.state_dict() for name, plug in s.plugins.all().items()}}
+
+
+def _restore(s: Session, path: Path) -> tuple[int, int]:
+    state = load_checkpoint(s.accelerator, path)
+    for name, plug in s.plugins.all().items():
+        plug.load_state_dict(state["plugins"].get(name, {}))
+    return state["step"], state["data_position"]
+
+
+def _eval(s: Session, step: int, logger: MetricsLogger, label: str) -> dict[str, float]:
+    if not s.eval_prompts:
+        return {}
+    result = evaluate(s.accelerator, s.engine, s.eval_prompts, s.rewards, s.tokenizer, s.eval_sampling,
+                      seed=s.cfg.train.seed)
+    logger.log(step, result)
+    if s.accelerator.is_main_process:
+        print_table(format_eval_table(result, title=f"held-out evaluation ({label}, step {step})"))
+    return result
+
+
+def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
+    """Run (or resume) the recipe; returns the last step's metrics plus eval/* before and after."""
+    acc = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision)
+    set_seed(cfg.train.seed)
+    s = build_session(cfg, acc)
+    out_dir, t = Path(cfg.train.output_dir), cfg.train
+    if acc.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(dump_config(cfg))
+    ckpt = resolve_resume(t.resume, out_dir)
+    step, position = _restore(s, ckpt) if ckpt else (0, 0)
+    if ckpt:
+        log.info("resumed from %s (step %d)", ckpt, step)
+    logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
+                           enabled=acc.is_main_process)
+    update_ctx = UpdateContext(acc, s.model, s.optimizer, s.scheduler, s.plugins.losses, s.plugins.aggregation,
+                               s.tokenizer.pad_token_id, s.sampling.temperature, t.micro_batch_size, t.epochs,
+                               t.mini_batches, t.max_grad_norm, cfg.rollout.max_new_tokens, t.seed, t.max_nan_steps)
+    summary: dict[str, float] = {}
+    if t.eval_at_start and step == 0:
+        summary |= {f"before/{k}": v for k, v in _eval(s, 0, logger, "before RL").items()}
+    progress = Progress(t.steps, initial=step, enabled=acc.is_main_process)
+    metrics: dict[str, float] = {}
+    try:
+        while step < t.steps:
+            metrics, batch = rl_step(s, step, position, update_ctx)
+            step, position = step + 1, position + t.prompts_per_step
+            if step % t.log_every == 0 or step == t.steps:
+                logger.log(step, metrics)
+            progress.update(step, metrics)
+            if t.sample_every and step % t.sample_every == 0 and acc.is_main_process:
+                print_table(logger.log_samples(step, _sample_rows(batch)))
+            if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+                _eval(s, step, logger, "during RL")
+            if (t.save_every and step % t.save_every == 0) or step == t.steps:
+                save_checkpoint(acc, out_dir, step, _trainer_state(s, step, position), t.keep_checkpoints)
+    finally:
+        progress.close()
+    if t.eval_at_end:
+        summary |= {f"after/{k}": v for k, v in _eval(s, step, logger, "after RL").items()}
+    export_final(s, out_dir / "final")
+    logger.close()
+    return metrics | summary
+
+
+def export_final(s: Session, path: Path) -> None:
+    s.accelerator.wait_for_everyone()
+    if s.accelerator.is_main_process:
+        s.policy.save_pretrained(path, safe_serialization=True)
+        s.tokenizer.save_pretrained(path)
+    s.accelerator.wait_for_everyone()
+

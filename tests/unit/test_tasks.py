@@ -1,0 +1,66 @@
+"""rlkit.tasks: synthetic arithmetic problems, splits and the task registry."""
+
+import json
+import random
+import re
+
+import pytest
+
+from rlkit.tasks import TASKS, write_task
+from rlkit.tasks.arithmetic import capacity, generate, make_problem, write_splits
+
+PROMPT = re.compile(r"^(\d+)([+\-*])(\d+)=$")
+
+
+def _read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_answers_are_correct_and_difficulty_is_digits():
+    rows = generate(500, seed=3, difficulties=(1, 2, 3, 4), ops="+-*")
+    assert {r["difficulty"] for r in rows} == {1, 2, 3, 4} and {r["data_source"] for r in rows} == {"arithmetic"}
+    for row in rows:
+        a, op, b = PROMPT.match(row["prompt"]).groups()
+        assert row["answer"] == str(eval(row["prompt"][:-1]))     # "12+35=" -> eval("12+35")
+        assert int(row["answer"]) >= 0                             # "-" orders its operands
+        assert len(a) == len(b) == row["difficulty"]
+    assert {PROMPT.match(r["prompt"]).group(2) for r in rows} == {"+", "-", "*"}
+
+
+def test_generate_is_deterministic():
+    assert generate(50, seed=1) == generate(50, seed=1)
+    assert generate(50, seed=1) != generate(50, seed=2)
+    assert make_problem(random.Random(0), 2) == make_problem(random.Random(0), 2)
+
+
+def test_write_splits_held_out_and_deterministic(tmp_path):
+    paths = write_splits(tmp_path / "a", train=300, eval=50, seed=0, difficulties=(1, 2))
+    again = write_splits(tmp_path / "b", train=300, eval=50, seed=0, difficulties=(1, 2))
+    assert set(paths) == {"train", "eval"}
+    assert paths["train"].read_text() == again["train"].read_text()
+    train, evals = _read(paths["train"]), _read(paths["eval"])
+    assert len(train) == 300 and len(evals) == 50
+    train_prompts, eval_prompts = [r["prompt"] for r in train], [r["prompt"] for r in evals]
+    assert len(set(train_prompts)) == 300 and len(set(eval_prompts)) == 50     # deduplicated
+    assert not set(train_prompts) & set(eval_prompts)                           # held out
+
+
+def test_too_many_problems_is_a_clear_error(tmp_path):
+    # difficulty 1 with "+": 10*10 = 100 distinct prompts
+    assert capacity((1,), "+") == 100
+    with pytest.raises(ValueError, match="only 100 distinct"):
+        write_splits(tmp_path, train=90, eval=20, difficulties=(1,), ops="+")
+
+
+@pytest.mark.parametrize("kw", [{"difficulties": (5,)}, {"ops": "/"}, {"difficulties": ()}])
+def test_bad_options(kw):
+    with pytest.raises(ValueError, match="invalid"):
+        generate(3, seed=0, **kw)
+
+
+def test_task_registry(tmp_path):
+    assert "arithmetic" in TASKS
+    paths = write_task("arithmetic", tmp_path, train=10, eval=5)
+    assert paths["train"].exists() and paths["eval"].exists()
+    with pytest.raises(ValueError, match="unknown task 'nope'.*arithmetic"):
+        write_task("nope", tmp_path)
