@@ -93,6 +93,8 @@ def _cmd_make_data(args) -> int:
         kwargs["difficulties"] = tuple(int(d) for d in args.difficulties.split(","))
     if args.ops:
         kwargs["ops"] = args.ops
+    if args.teacher_error:
+        kwargs["teacher_error"] = args.teacher_error
     paths = write_task(args.task, args.out_dir, **kwargs)
     for split, path in paths.items():
         print(f"{split}: {path}")
@@ -149,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--seed", type=int, default=0)
     md.add_argument("--difficulties", default=None, help="comma-separated, e.g. 1,2")
     md.add_argument("--ops", default=None, help="operators, e.g. +-")
+    md.add_argument("--teacher-error", type=float, default=0.0,
+                    help="also write a teacher_answer column that forgets carries on this fraction of problems")
     md.set_defaults(fn=_cmd_make_data)
     sf = sub.add_parser("sft", help="supervised warm start on prompt/answer pairs")
     sf.add_argument("--model", required=True)

@@ -79,6 +79,8 @@ class SeededSampler(LogitsProcessor):
 
 @ENGINES.register("hf")
 class HFEngine(RolloutEngine):
+    """Batched ``model.generate`` on the live policy with seeded (counter-based) sampling."""
+
     def __init__(self, model, tokenizer, batch_size: int = 64):
         if batch_size < 1:
             raise ValueError(f"rollout.engine.batch_size must be >= 1, got {batch_size}")

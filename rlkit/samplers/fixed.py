@@ -11,6 +11,8 @@ from rlkit.samplers import Sampler
 
 @SAMPLERS.register("fixed")
 class FixedSampler(Sampler):
+    """The same number of completions for every prompt, one round, everything kept."""
+
     def __init__(self, n: int | None = None):
         if n is not None and n < 1:
             raise ValueError(f"sampler.n must be >= 1, got {n}")
