@@ -1,0 +1,51 @@
+"""Two-process data parallel (accelerate launch --cpu, gloo) gives the same losses and parameters as one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import recipe_dict
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+
+def _launch(recipe, procs: int, timeout: int = 600) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    if procs == 1:
+        cmd = [sys.executable, "-m", "rlkit.cli", "train", str(recipe)]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(procs),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               "29517", "-m", "rlkit.cli", "train", str(recipe)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+def test_two_processes_match_one(tiny_model_dir, arith_data, tmp_path):
+    runs = {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        cfg = recipe_dict(tiny_model_dir, arith_data, out, steps=2, prompts_per_step=4, micro_batch_size=3,
+                          mini_batches=2, adam_eps=1e-4)  # adam_eps: see test_train_cpu.INVARIANCE
+        cfg["rollout"]["n"] = 4
+        cfg["aggregation"] = "seq_mean_token_sum"  # loss = -mean_i A_i * L_i: clearly non-zero, unlike token_mean
+        (tmp_path / f"r{procs}.yaml").write_text(yaml.safe_dump(cfg))
+        _launch(tmp_path / f"r{procs}.yaml", procs)
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        steps = [r for r in rows if "loss/total" in r]
+        runs[procs] = ({k: [r[k] for r in steps] for k in ("loss/total", "reward/mean", "loss/entropy")},
+                       load_file(str(out / "final/model.safetensors")))
+    (m1, p1), (m2, p2) = runs[1], runs[2]
+    assert len(m1["loss/total"]) == 2 and min(abs(x) for x in m1["loss/total"]) > 1e-3
+    for key in m1:
+        assert m2[key] == pytest.approx(m1[key], abs=1e-5), key
+    init = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert any(not torch.allclose(init[k], p1[k], atol=1e-4) for k in p1), "parameters did not move"
+    for k in p1:
+        assert torch.allclose(p1[k], p2[k], atol=1e-5), (k, (p1[k] - p2[k]).abs().max().item())
