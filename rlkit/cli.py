@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 _EXPECTED = (ValueError, FileNotFoundError, OSError, ImportError, RuntimeError)
@@ -55,7 +56,7 @@ def _cmd_show(args) -> int:
     for k, v in arith.items():
         if k != "notes":
             table.add_row(k, f"{v:g}" if isinstance(v, float) else str(v))
-    Console().print(table)
+    Console(width=max(Console().width, 110)).print(table)
     for note in arith["notes"]:
         print(f"note: {note}")
     return 0
@@ -172,11 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sigterm_as_interrupt(signum, frame):  # schedulers (SLURM, k8s) stop jobs with SIGTERM
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("RLKIT_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         return args.fn(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except _EXPECTED as exc:
         if os.environ.get("RLKIT_TRACEBACK"):
             raise

@@ -72,6 +72,7 @@ def check_recipe(cfg: RecipeConfig, *, check_files: bool = True) -> tuple[Plugin
 
 def _prompt_source(cfg: RecipeConfig, tokenizer, source: str, split: str, shuffle: bool) -> PromptSource:
     dataset = load_prompt_dataset(source, split=split, prompt_column=cfg.data.prompt_column)
+    reward_manager(cfg).check_columns(c for c in dataset.column_names if c != cfg.data.prompt_column)
     return PromptSource(dataset, tokenizer, prompt_column=cfg.data.prompt_column, chat_template=cfg.data.chat_template,
                         max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.train.seed, shuffle=shuffle)
 

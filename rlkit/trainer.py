@@ -122,6 +122,7 @@ def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str
         summary |= {f"before/{k}": v for k, v in _eval(s, 0, logger, "before RL").items()}
     progress = Progress(t.steps, initial=step, enabled=acc.is_main_process)
     metrics: dict[str, float] = {}
+    saved = step
     try:
         while step < t.steps:
             metrics, batch = rl_step(s, step, position, update_ctx)
@@ -135,6 +136,10 @@ def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str
                 _eval(s, step, logger, "during RL")
             if (t.save_every and step % t.save_every == 0) or step == t.steps:
                 save_checkpoint(acc, out_dir, step, _trainer_state(s, step, position), t.keep_checkpoints)
+                saved = step
+    except KeyboardInterrupt:
+        _on_interrupt(s, out_dir, step, position, saved)
+        raise
     finally:
         progress.close()
     if t.eval_at_end:
@@ -142,6 +147,19 @@ def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str
     export_final(s, out_dir / "final")
     logger.close()
     return metrics | summary
+
+
+def _on_interrupt(s: Session, out_dir: Path, step: int, position: int, saved: int) -> None:
+    """Ctrl-C / SIGTERM: keep the finished steps. One process saves now; several keep the last checkpoint
+    (a collective save could hang when processes were interrupted at different points)."""
+    if step > saved and s.accelerator.num_processes == 1:
+        path = save_checkpoint(s.accelerator, out_dir, step, _trainer_state(s, step, position),
+                               s.cfg.train.keep_checkpoints)
+        log.warning("interrupted after step %d: checkpoint saved to %s; run the same command again to resume "
+                    "(train.resume=auto)", step, path)
+    else:
+        log.warning("interrupted after step %d; the last checkpoint is step %d in %s; run the same command again "
+                    "to resume from it (train.resume=auto)", step, saved, out_dir / "checkpoints")
 
 
 def export_final(s: Session, path: Path) -> None:

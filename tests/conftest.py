@@ -12,7 +12,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TESTS = Path(__file__).parent
-TEST_REWARDS = TESTS / "reward_fixtures.py"
+TEST_PLUGINS = TEST_REWARDS = TESTS / "plugin_fixtures.py"
 
 
 @pytest.fixture(scope="session")

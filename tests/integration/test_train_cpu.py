@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlkit.config import load_config
-from tests.conftest import TEST_REWARDS, recipe_dict
+from tests.conftest import TEST_PLUGINS, TEST_REWARDS, recipe_dict
 
 
 def _params(path):
@@ -90,3 +90,32 @@ class TestBadInputFailsBeforeModelLoads:
     def test_missing_model_dir(self, tiny_model_dir, arith_data, tmp_path):
         self._check(tiny_model_dir, arith_data, tmp_path, [f"model.name_or_path={tmp_path}/nomodel"],
                     r"model.name_or_path '.*nomodel' is not a directory", FileNotFoundError)
+
+
+def test_nan_loss_stops_with_clear_error(tiny_model_dir, arith_data, tmp_path):
+    from rlkit.update import NonFiniteLossError
+    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient norm.*max_nan_steps=0"):
+        _train(tiny_model_dir, arith_data, tmp_path / "nan", [f"losses.0.name={TEST_PLUGINS}:NaNLoss"])
+    # with a tolerance, the bad update is skipped (counted) instead
+    with pytest.raises(NonFiniteLossError, match="2 consecutive"):
+        _train(tiny_model_dir, arith_data, tmp_path / "nan2", [f"losses.0.name={TEST_PLUGINS}:NaNLoss",
+                                                               "train.max_nan_steps=1"])
+
+
+def test_reward_failing_everywhere_stops(tiny_model_dir, arith_data, tmp_path):
+    from rlkit.rewards import RewardFailure
+    with pytest.raises(RewardFailure, match=r"always_raises.*failed on all.*reward backend is down"):
+        _train(tiny_model_dir, arith_data, tmp_path / "rf", [f"reward.functions.0.name={TEST_REWARDS}:always_raises"])
+
+
+def test_interrupt_saves_checkpoint_and_resumes(tiny_model_dir, arith_data, tmp_path):
+    import tests.plugin_fixtures as fx
+    fx.InterruptOnCall.calls = 0
+    out = tmp_path / "int"
+    overrides = [f"losses.0.name={TEST_PLUGINS}:InterruptOnCall", "train.micro_batch_size=64"]
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_model_dir, arith_data, out, overrides, steps=3)   # step 1 done, interrupted in step 2
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_000001"]
+    _train(tiny_model_dir, arith_data, out, overrides, steps=3)       # resumes at step 1
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss/total" in r] == [1, 2, 3]
