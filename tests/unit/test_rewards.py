@@ -179,3 +179,13 @@ def test_format_reward():
     assert format_reward(["47", "x47"], pattern=r"^\d+$") == [1.0, 0.0]
     result = RewardManager([RewardSpec("format", 0.5, {"pattern": r"^\d+$"})]).score(["p"] * 2, ["47", "x"], {})
     assert result.rewards.tolist() == [0.5, 0.0]
+
+
+def test_gsm8k_reward():
+    from rewards.gsm8k import extract_gold, extract_prediction, gsm8k_reward
+    assert extract_gold("She pays 3*4=12 dollars.\n#### 1,234") == "1234"
+    assert extract_prediction("so 5+7=12, the answer is \\boxed{12}.") == "12"
+    assert extract_prediction("total: 40 apples, then 42") == "42"
+    assert extract_prediction("no digits") is None
+    out = gsm8k_reward(["The answer is 72.", "It is 71", "nothing"], ["... #### 72", "#### 72", "#### 72"])
+    assert [o["reward"] for o in out] == [1.0, 0.0, 0.0] and out[0]["success"] is True
