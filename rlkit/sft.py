@@ -21,7 +21,7 @@ from rlkit.config import ModelConfig
 from rlkit.data import PromptSource, load_prompt_dataset
 from rlkit.forward import token_logprobs
 from rlkit.modeling import check_model_source, load_causal_lm, load_tokenizer
-from rlkit.tracking import Progress
+from rlkit.console import Progress
 
 log = logging.getLogger("rlkit")
 

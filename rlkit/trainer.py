@@ -18,7 +18,8 @@ from rlkit.evaluation import evaluate
 from rlkit.forward import score_batch
 from rlkit.rollout.collect import RolloutContext, collect_rollouts, rollout_metrics
 from rlkit.session import Session, build_session
-from rlkit.tracking import MetricsLogger, Progress, format_eval_table, print_table
+from rlkit.console import Progress, format_eval_table, print_table
+from rlkit.tracking import MetricsLogger
 from rlkit.update import UpdateContext, policy_update
 
 log = logging.getLogger("rlkit")

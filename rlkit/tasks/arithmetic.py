@@ -7,6 +7,12 @@ train a tiny model on 2 CPU cores in minutes. Rows::
 
     {"prompt": "12+35=", "answer": "47", "difficulty": 2, "data_source": "arithmetic"}
 
+Imperfect demonstrations: with ``teacher_error > 0`` every row also gets a ``teacher_answer`` column, the answer of
+a teacher that forgets the carry (``+``) or the borrow (``-``) on that fraction of the problems that need one
+(e.g. ``59+13=`` -> ``62``, ``90-14=`` -> ``86``). An SFT warm start on ``teacher_answer`` imitates the teacher's
+systematic mistake; RL against the exact ``answer`` can then undo it -- the classic "distil, then RL with a
+verifier" situation, and the quickstart's set-up.
+
 ``write_splits`` writes ``train.jsonl`` and a held-out ``eval.jsonl``: prompts are unique within each split
 and no eval prompt appears in train. Everything is deterministic for a seed.
 """
@@ -86,6 +92,38 @@ def _unique(rng: random.Random, n: int, difficulties: tuple[int, ...], ops: str,
     return rows
 
 
+def forgetful_answer(a: int, op: str, b: int) -> str:
+    """The answer of a teacher that drops the carry out of the top digit: ``87+95`` -> ``82`` (not ``182``).
+
+    Only ``+`` can overflow; other operators return the true answer.
+    """
+    result = {"+": a + b, "-": a - b, "*": a * b}[op]
+    if op != "+":
+        return str(result)
+    digits = max(len(str(a)), len(str(b)))
+    return str(result % 10 ** digits)
+
+
+def add_teacher_answers(rows: list[dict], error_rate: float, seed: int) -> list[dict]:
+    """Set ``teacher_answer``: the carry-forgetting answer on ``error_rate`` of the rows where it differs."""
+    if not 0.0 <= error_rate <= 1.0:
+        raise ValueError(f"teacher_error must be in [0, 1], got {error_rate}")
+    rng = random.Random(seed + 7919)
+    for row in rows:
+        a, op, b = _parse(row["prompt"])
+        wrong = forgetful_answer(a, op, b)
+        row["teacher_answer"] = wrong if (wrong != row["answer"] and rng.random() < error_rate) else row["answer"]
+    return rows
+
+
+def _parse(prompt: str) -> tuple[int, str, int]:
+    body = prompt.rstrip("=")
+    for i, ch in enumerate(body[1:], start=1):
+        if ch in OPS:
+            return int(body[:i]), ch, int(body[i + 1:])
+    raise ValueError(f"not an arithmetic prompt: {prompt!r}")
+
+
 def write_jsonl(rows: list[dict], path: Path) -> Path:
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
@@ -94,7 +132,8 @@ def write_jsonl(rows: list[dict], path: Path) -> Path:
 
 
 def write_splits(out_dir: str | Path, *, train: int = 2000, eval: int = 200, seed: int = 0,
-                 difficulties: Iterable[int] = (1, 2), ops: str = "+-") -> dict[str, Path]:
+                 difficulties: Iterable[int] = (1, 2), ops: str = "+-",
+                 teacher_error: float = 0.0) -> dict[str, Path]:
     """Write ``train.jsonl`` and held-out ``eval.jsonl`` under ``out_dir``; return ``{split: path}``.
 
     Eval is drawn first, then train from the remaining prompts, so the two never share a prompt.
@@ -106,6 +145,8 @@ def write_splits(out_dir: str | Path, *, train: int = 2000, eval: int = 200, see
     seen: set[str] = set()
     eval_rows = _unique(rng, eval, difficulties, ops, seen)
     train_rows = _unique(rng, train, difficulties, ops, seen)
+    if teacher_error > 0:
+        add_teacher_answers(train_rows, teacher_error, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return {"train": write_jsonl(train_rows, out / "train.jsonl"),

@@ -14,14 +14,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from rlkit import tracking
-from rlkit.tracking import (
-    MetricsLogger,
-    Progress,
-    format_eval_table,
-    print_table,
-    read_metrics,
-)
+from rlkit import console as console_mod
+from rlkit.console import Progress, format_eval_table, print_table
+from rlkit.tracking import MetricsLogger, read_metrics
 
 
 def render(table: Table) -> str:
@@ -179,4 +174,4 @@ def test_eval_table_and_print_table(capsys):
     print_table(table)
     out = capsys.readouterr().out
     assert "gsm8k" in out and "0.4568" in out and "200" in out and "[x]" in out
-    assert tracking.console.stderr is False
+    assert console_mod.console.stderr is False
