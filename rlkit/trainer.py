@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from rlkit.batch import RolloutBatch
@@ -102,6 +103,10 @@ def _eval(s: Session, step: int, logger: MetricsLogger, label: str) -> dict[str,
 
 def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str, float]:
     """Run (or resume) the recipe; returns the last step's metrics plus eval/* before and after."""
+    if accelerator is None:
+        # AcceleratorState is a per-process singleton; clear its precision settings (not the process group) so
+        # several runs in one Python process (notebooks, tests) can use different train.mixed_precision.
+        AcceleratorState._reset_state(reset_partial_state=False)
     acc = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision)
     set_seed(cfg.train.seed)
     s = build_session(cfg, acc)

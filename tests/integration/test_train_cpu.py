@@ -119,3 +119,15 @@ def test_interrupt_saves_checkpoint_and_resumes(tiny_model_dir, arith_data, tmp_
     _train(tiny_model_dir, arith_data, out, overrides, steps=3)       # resumes at step 1
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss/total" in r] == [1, 2, 3]
+
+
+def test_kl_to_reference_and_bf16(tiny_model_dir, arith_data, tmp_path):
+    # beta > 0 loads a frozen reference model; after 2 updates the policy has moved away from it, so KL > 0
+    out = tmp_path / "kl"
+    _train(tiny_model_dir, arith_data, out, ["losses=[{name: ppo_clip, dual_clip: 3.0}, {name: kl, beta: 0.1, "
+                                             "estimator: k3}]"], steps=3)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "loss/kl" in x]
+    assert rows[0]["loss/kl"] == pytest.approx(0.0, abs=1e-6)  # step 1: policy == reference
+    assert rows[-1]["loss/kl"] > 1e-6
+    metrics = _train(tiny_model_dir, arith_data, tmp_path / "bf16", ["train.mixed_precision=bf16"], steps=1)
+    assert math.isfinite(metrics["loss/total"])
