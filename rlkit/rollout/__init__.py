@@ -5,9 +5,10 @@ Every engine implements :class:`RolloutEngine`. Requests are flat: one entry per
 or on the number of processes (see :func:`completion_seed`). That is what makes 1-process and N-process runs,
 and interrupted and uninterrupted runs, produce the same rollouts.
 
-``rollout_logprobs`` are log-probs of the sampled token under the *temperature-scaled* distribution
-``log_softmax(logits / T)`` before top-k/top-p filtering -- the same quantity the trainer computes for
-``old_logprobs``, so the two can be compared (train/inference mismatch).
+``rollout_logprobs`` are log-probs of the sampled token under the distribution it was actually sampled from:
+``log_softmax(logits / T)`` restricted to the top-k / top-p set (vLLM's ``processed_logprobs``). With the
+defaults (top_p=1, top_k=0) that is exactly what the trainer computes for ``old_logprobs``, so the two measure
+the train/inference mismatch; with filtering they also include the truncation of the sampler.
 """
 
 from __future__ import annotations

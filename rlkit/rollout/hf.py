@@ -65,10 +65,11 @@ class SeededSampler(LogitsProcessor):
         self._record(input_ids[:, -1])
         p = self.params
         logits = scores.float() / (p.temperature if p.temperature > 0 else 1.0)          # [B, V]
-        self.prev_logp = torch.log_softmax(logits, dim=-1)                                 # [B, V]
+        if p.temperature > 0:
+            logits = filter_logits(logits, p.top_k, p.top_p)                               # [B, V]
+        self.prev_logp = torch.log_softmax(logits, dim=-1)                                 # [B, V] sampling dist.
         if p.temperature == 0:
             return logits
-        logits = filter_logits(logits, p.top_k, p.top_p)                                   # [B, V]
         position = input_ids.shape[1] - self.prompt_width
         return logits + gumbel_noise(self.seeds, position, logits.shape[-1]).to(logits.dtype)
 

@@ -249,3 +249,21 @@ def test_kl_k3_clamped_and_bad_kind():
     assert out.item() == pytest.approx(math.exp(20) - 21)
     with pytest.raises(ValueError, match="k3"):
         F.kl_penalty(t([[0.0]]), t([[0.0]]), "k4")
+
+
+def test_mismatch_weights_tis_and_mis():
+    from rlkit.functional import mismatch_weights
+    # row 0: log rho = [log 3, log 0.5] -> rho = [3, 0.5]; TIS cap 2 -> [2, 0.5]; geo mean = sqrt(1.5) = 1.2247
+    # row 1: log rho = [log 4, log 4, pad] -> geo mean 4 > mis_high=2 -> whole row dropped
+    old = torch.log(torch.tensor([[0.3, 0.1, 0.0], [0.4, 0.4, 0.0]]).clamp(min=1e-9))
+    rollout = torch.log(torch.tensor([[0.1, 0.2, 1.0], [0.1, 0.1, 1.0]]))
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    w, m = mismatch_weights(old, rollout, mask, tis_cap=2.0, mis_low=0.5, mis_high=2.0)
+    assert torch.allclose(w, torch.tensor([[2.0, 0.5, 0.0], [0.0, 0.0, 0.0]]), atol=1e-6)
+    assert m["tis_clip_frac"].item() == pytest.approx(3 / 4)   # rho = 3, 4, 4 exceed the cap
+    assert m["mis_masked_frac"].item() == pytest.approx(0.5)
+    # k3 = rho - 1 - log rho: (2 - log 3) + (-0.5 - log 0.5) + 2 * (3 - log 4), over 4 tokens
+    k3 = ((3 - 1 - math.log(3)) + (0.5 - 1 - math.log(0.5)) + 2 * (4 - 1 - math.log(4))) / 4
+    assert m["mismatch_kl"].item() == pytest.approx(k3, rel=1e-5)
+    w0, m0 = mismatch_weights(old, old, mask)   # identical policies: weights 1 on valid tokens, no KL
+    assert torch.equal(w0, mask.float()) and m0["mismatch_kl"].item() == pytest.approx(0.0, abs=1e-7)
