@@ -50,16 +50,13 @@ def build_plugins(cfg: RecipeConfig) -> Plugins:
     )
 
 
+ENGINE_CONTEXT = ("model", "tokenizer", "accelerator", "model_path", "max_len", "seed")
+
+
 def check_engine(cfg: RecipeConfig) -> None:
-    """Resolve the engine class and check its options without constructing it (it needs a model)."""
-    from rlkit.registry import check_kwargs
+    """Resolve the engine and check its options without constructing it (that needs a model)."""
     load_builtins()
-    factory = ENGINES.get(cfg.rollout.engine.name)
-    kwargs = {**cfg.rollout.engine.kwargs, "model": None, "tokenizer": None}
-    import inspect
-    params = inspect.signature(factory).parameters
-    kwargs = {k: v for k, v in kwargs.items() if k in params or k in cfg.rollout.engine.kwargs}
-    check_kwargs(factory, kwargs, f"rollout engine '{cfg.rollout.engine.name}'")
+    ENGINES.check(cfg.rollout.engine.name, cfg.rollout.engine.kwargs, **{k: None for k in ENGINE_CONTEXT})
 
 
 def build_engine(cfg: RecipeConfig, **context: Any):

@@ -6,5 +6,6 @@ import rlkit.aggregation  # noqa: F401
 import rlkit.losses  # noqa: F401
 import rlkit.objectives  # noqa: F401
 import rlkit.rollout.hf  # noqa: F401
+import rlkit.rollout.vllm_engine  # noqa: F401  (imports vllm lazily, only when built)
 import rlkit.samplers  # noqa: F401
 import rlkit.selection  # noqa: F401

@@ -124,25 +124,30 @@ class Registry:
         raise PluginError(f"unknown {self.kind} '{name}'{closest(name, self.names())}; registered: "
                           f"{', '.join(self.names())}. Any importable object can be named as 'module:attr'.")
 
-    def build(self, name: str, kwargs: dict[str, Any] | None = None, **context: Any) -> Any:
-        """Build plug-in ``name`` with recipe ``kwargs`` (checked) plus trainer-provided ``context``.
+    def check(self, name: str, kwargs: dict[str, Any] | None = None, **context: Any) -> tuple[Any, dict[str, Any]]:
+        """Resolve ``name`` and bind recipe ``kwargs`` + accepted trainer ``context``; returns (factory, kwargs).
 
-        Context entries are passed only if the constructor accepts them (e.g. ``max_len``, ``num_steps``).
+        Context entries are passed only if the constructor accepts them (e.g. ``max_len``, ``model``).
         """
         kwargs = dict(kwargs or {})
         factory = self.get(name)
         where = f"{self.kind} '{name}'"
         target = factory.__init__ if inspect.isclass(factory) else factory
         params = inspect.signature(target).parameters
-        ctx = {k: v for k, v in context.items() if k in params and k not in kwargs}
         for key in kwargs:
             if key in context:
                 raise PluginError(f"{where}: option '{key}' is set by the trainer, not in the recipe")
+        ctx = {k: v for k, v in context.items() if k in params}
         check_kwargs(factory, {**kwargs, **ctx}, where)
+        return factory, {**kwargs, **ctx}
+
+    def build(self, name: str, kwargs: dict[str, Any] | None = None, **context: Any) -> Any:
+        """Build plug-in ``name`` with recipe ``kwargs`` (checked) plus trainer-provided ``context``."""
+        factory, bound = self.check(name, kwargs, **context)
         try:
-            return factory(**kwargs, **ctx)
+            return factory(**bound)
         except (TypeError, ValueError) as exc:
-            raise PluginError(f"{where}: {exc}") from exc
+            raise PluginError(f"{self.kind} '{name}': {exc}") from exc
 
     def items(self) -> list[tuple[str, Any]]:
         return [(n, self.get(n)) for n in self.names()]

@@ -20,6 +20,7 @@ from rlkit.data import PromptSource, is_local_source, load_prompt_dataset
 from rlkit.modeling import check_model_source, load_causal_lm, load_tokenizer
 from rlkit.rewards import RewardManager, RewardSpec
 from rlkit.rollout import SamplingParams
+from rlkit.rollout.canary import make_probe
 
 log = logging.getLogger("rlkit")
 
@@ -41,6 +42,7 @@ class Session:
     eval_prompts: list | None
     sampling: SamplingParams
     eval_sampling: SamplingParams
+    probe: tuple[list[int], list[int]]   # fixed sequence for the weight-sync canary
 
     @property
     def policy(self):
@@ -104,9 +106,11 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
                               num_training_steps=total_updates)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     policy = accelerator.unwrap_model(model)
-    engine = build_engine(cfg, model=policy, tokenizer=tokenizer, accelerator=accelerator)
+    engine = build_engine(cfg, model=policy, tokenizer=tokenizer, accelerator=accelerator,
+                          model_path=cfg.model.name_or_path, max_len=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
     r = cfg.rollout
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
     eval_sampling = SamplingParams(cfg.eval.max_new_tokens or r.max_new_tokens, cfg.eval.temperature, r.top_p, r.top_k)
+    probe = make_probe(tokenizer, train_prompts.item(0).prompt_ids)
     return Session(cfg, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, plugins, needs,
-                   rewards, train_prompts, eval_prompts, sampling, eval_sampling)
+                   rewards, train_prompts, eval_prompts, sampling, eval_sampling, probe)

@@ -17,6 +17,7 @@ from rlkit.config import RecipeConfig, dump_config
 from rlkit.dist import mean_over_processes
 from rlkit.evaluation import evaluate
 from rlkit.forward import score_batch
+from rlkit.rollout.canary import check_sync
 from rlkit.rollout.collect import RolloutContext, collect_rollouts, rollout_metrics
 from rlkit.session import Session, build_session
 from rlkit.console import Progress, format_eval_table, print_table
@@ -54,6 +55,7 @@ def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext) -> 
     batch, metrics = collect_rollouts(ctx, prompts, list(range(first, first + per_rank)), step,
                                       s.tokenizer.pad_token_id)
     metrics.update(rollout_metrics(batch))
+    s.engine.release()
     batch.rewards = p.objective(batch.raw_rewards, batch.group_ids)
     times["score"] = time.perf_counter()
     metrics.update(score(s, batch))
@@ -65,11 +67,21 @@ def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext) -> 
     metrics.update(policy_update(update_ctx, batch, step))
     times["update"] = time.perf_counter()
     metrics.update(_prefixed("sampler", p.sampler.update(batch, step)))
-    metrics.update(_prefixed("rollout", s.engine.sync_weights(s.policy)))
+    metrics.update(_prefixed("rollout", sync_engine(s, step + 1)))
     end = time.perf_counter()
     metrics.update({"time/score": times["advantage"] - times["score"], "time/train": times["update"] - times["train"],
                     "time/step": end - times["start"]})
     return mean_over_processes(acc, metrics), batch
+
+
+def sync_engine(s: Session, version: int) -> dict[str, float]:
+    """Push the policy's weights to the rollout engine, then (every k-th sync) verify them with the canary."""
+    out = s.engine.sync_weights(s.policy)
+    every = s.cfg.rollout.canary_every
+    if every and version % every == 0:
+        out |= check_sync(s.engine, s.policy, s.probe, pad_id=s.tokenizer.pad_token_id,
+                          tolerance=s.cfg.rollout.canary_tolerance, version=version)
+    return out
 
 
 def _sample_rows(batch: RolloutBatch, k: int = 4) -> list[dict]:
@@ -118,12 +130,16 @@ def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str
     step, position = _restore(s, ckpt) if ckpt else (0, 0)
     if ckpt:
         log.info("resumed from %s (step %d)", ckpt, step)
+        s.engine.sync_weights(s.policy)  # the engine started from model.name_or_path, not the checkpoint
     logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
                            enabled=acc.is_main_process)
     update_ctx = UpdateContext(acc, s.model, s.optimizer, s.scheduler, s.plugins.losses, s.plugins.aggregation,
                                s.tokenizer.pad_token_id, s.sampling.temperature, t.micro_batch_size, t.epochs,
                                t.mini_batches, t.max_grad_norm, cfg.rollout.max_new_tokens, t.seed, t.max_nan_steps)
     summary: dict[str, float] = {}
+    if cfg.rollout.canary_every:  # the engine must start from the policy's weights too (e.g. after a resume)
+        check_sync(s.engine, s.policy, s.probe, pad_id=s.tokenizer.pad_token_id,
+                   tolerance=cfg.rollout.canary_tolerance, version=0)
     if t.eval_at_start and step == 0:
         summary |= {f"before/{k}": v for k, v in _eval(s, 0, logger, "before RL").items()}
     progress = Progress(t.steps, initial=step, enabled=acc.is_main_process)

@@ -64,5 +64,15 @@ class RolloutEngine(Plugin):
         """Make the engine sample from ``model``'s current weights; returns timing metrics."""
         raise NotImplementedError
 
+    def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float] | None:
+        """The engine's own log-probs of ``response_ids`` (temperature 1), for the sync canary.
+
+        None = the engine samples from the training module itself, so there is nothing to verify.
+        """
+        return None
+
+    def release(self) -> None:
+        """Give accelerator memory back to training until the next sync/generate (sleep mode)."""
+
     def close(self) -> None:
         pass

