@@ -5,6 +5,7 @@ import rlkit.advantages  # noqa: F401
 import rlkit.aggregation  # noqa: F401
 import rlkit.losses  # noqa: F401
 import rlkit.objectives  # noqa: F401
+import rlkit.rollout.auto  # noqa: F401
 import rlkit.rollout.hf  # noqa: F401
 import rlkit.rollout.vllm_engine  # noqa: F401  (imports vllm lazily, only when built)
 import rlkit.samplers  # noqa: F401
