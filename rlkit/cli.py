@@ -96,6 +96,8 @@ def _cmd_make_data(args) -> int:
         kwargs["ops"] = args.ops
     if args.teacher_error:
         kwargs["teacher_error"] = args.teacher_error
+    if args.b_digits:
+        kwargs["b_digits"] = args.b_digits
     paths = write_task(args.task, args.out_dir, **kwargs)
     for split, path in paths.items():
         print(f"{split}: {path}")
@@ -152,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--seed", type=int, default=0)
     md.add_argument("--difficulties", default=None, help="comma-separated, e.g. 1,2")
     md.add_argument("--ops", default=None, help="operators, e.g. +-")
+    md.add_argument("--b-digits", type=int, default=None, help="digits of the second operand (default: same)")
     md.add_argument("--teacher-error", type=float, default=0.0,
-                    help="also write a teacher_answer column that forgets carries on this fraction of problems")
+                    help="also write a teacher_answer column that forgets the ones-column carry on this "
+                         "fraction of the + problems that have one")
     md.set_defaults(fn=_cmd_make_data)
     sf = sub.add_parser("sft", help="supervised warm start on prompt/answer pairs")
     sf.add_argument("--model", required=True)

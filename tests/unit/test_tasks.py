@@ -64,3 +64,28 @@ def test_task_registry(tmp_path):
     assert paths["train"].exists() and paths["eval"].exists()
     with pytest.raises(ValueError, match="unknown task 'nope'.*arithmetic"):
         write_task("nope", tmp_path)
+
+
+def test_second_operand_width_and_capacity(tmp_path):
+    from rlkit.tasks.arithmetic import capacity, generate
+    rows = generate(200, seed=1, difficulties=(2,), ops="+", b_digits=1)
+    for r in rows:
+        a, b = r["prompt"].rstrip("=").split("+")
+        assert len(a) == 2 and len(b) == 1 and int(r["answer"]) == int(a) + int(b)
+    assert capacity((2,), "+", 1) == 90 * 10          # 10..99 x 0..9
+    assert capacity((2,), "+-", None) == 90 * 90 + 90 * 91 // 2
+
+
+def test_teacher_forgets_ones_carry():
+    from rlkit.tasks.arithmetic import add_teacher_answers, forgetful_answer
+    assert forgetful_answer(47, "+", 8) == "45"        # 7+8=15: the carry into the tens is lost
+    assert forgetful_answer(59, "+", 13) == "62"
+    assert forgetful_answer(12, "+", 35) == "47"       # no carry: correct
+    assert forgetful_answer(95, "+", 7) == "92"
+    assert forgetful_answer(40, "-", 13) == "27"       # other operators unaffected
+    rows = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(10, 100) for b in range(10)]
+    add_teacher_answers(rows, 1.0, seed=0)
+    wrong = [r for r in rows if r["teacher_answer"] != r["answer"]]
+    assert len(wrong) == 90 * 45 // 10                 # ones digits a%10+b >= 10: 45 of 100 pairs per tens digit
+    add_teacher_answers(rows, 0.0, seed=0)
+    assert all(r["teacher_answer"] == r["answer"] for r in rows)
