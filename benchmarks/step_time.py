@@ -39,8 +39,8 @@ def run_case(name: str, recipe: str | None, base: dict | None, overrides: list[s
     train(cfg)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "time/step" in r][1:]  # drop the warm-up step
-    med = lambda k: statistics.median(r.get(k, 0.0) for r in steps)
-    tokens = statistics.median(r["rollout/length_mean"] * r["rollout/completions"] for r in steps)
+    med = lambda k: statistics.fmean(r.get(k, 0.0) for r in steps)  # means, so the split adds up
+    tokens = statistics.fmean(r["rollout/length_mean"] * r["rollout/completions"] for r in steps)
     split = {k: med(f"time/{k}") for k in ("step", "generate", "reward", "score", "train")}
     split["other"] = split["step"] - split["generate"] - split["reward"] - split["score"] - split["train"]
     return {"case": name, "measured_steps": len(steps), "completions_per_step": med("rollout/completions"),
