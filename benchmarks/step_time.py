@@ -43,7 +43,11 @@ def run_case(name: str, recipe: str | None, base: dict | None, overrides: list[s
     tokens = statistics.fmean(r["rollout/length_mean"] * r["rollout/completions"] for r in steps)
     split = {k: med(f"time/{k}") for k in ("step", "generate", "reward", "score", "train")}
     split["other"] = split["step"] - split["generate"] - split["reward"] - split["score"] - split["train"]
+    sync = {k: med(f"rollout/{k}") for k in ("sync_s", "sync_gb", "sync_gb_per_s", "canary_diff")
+            if any(f"rollout/{k}" in r for r in steps)}
+    overhead = (split["step"] - split["generate"] - split["train"] - split["score"]) / split["step"]  # score = compute
     return {"case": name, "measured_steps": len(steps), "completions_per_step": med("rollout/completions"),
+            "overhead_share": overhead, **sync,
             "completion_tokens_per_step": tokens, "gen_tokens_per_s": tokens / max(split["generate"], 1e-9),
             **{f"{k}_s": v for k, v in split.items()},
             **{f"{k}_share": split[k] / split["step"] for k in ("generate", "reward", "score", "train", "other")}}

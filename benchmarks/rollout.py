@@ -1,0 +1,56 @@
+"""Rollout engines on the `small` model (~12M): 32 prompts x 8 samples, up to 256 new tokens, stopping at EOS.
+
+Prints, per engine: completion tokens/s, weight-sync seconds and GB/s (engines that copy weights), the per-step
+time split, and the overhead share = (step - generation - training compute) / step.
+Usage: python benchmarks/rollout.py [--engines hf vllm] [--steps 3] [--max-new-tokens 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+
+from step_time import _overrides, run_case  # noqa: E402
+
+from rlkit.tasks import write_task  # noqa: E402
+from rlkit.tiny_model import build_tiny_model  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engines", nargs="+", default=["hf", "vllm"])
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--json", default=str(ROOT / "runs" / "bench" / "rollout.json"))
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="rlkit-rollout-"))
+    data = write_task("arithmetic", tmp / "data", train=2000, eval=100, seed=0, difficulties=(2,), ops="+")
+    model = build_tiny_model(tmp / "small", size="small")
+    base = {"model": {"name_or_path": str(model)}, "data": {"train": "x"},
+            "reward": {"functions": [{"name": "exact_match"}]},
+            "rollout": {"n": 8, "max_new_tokens": args.max_new_tokens, "temperature": 1.0},
+            "train": {"prompts_per_step": 32, "micro_batch_size": 16, "lr": 1e-5}}
+    results = []
+    for engine in args.engines:
+        out = tmp / f"run_{engine}"
+        results.append(run_case(engine, None, base, _overrides(model, data, out, args.steps + 1,
+                                                               [f"rollout.engine={engine}"]), out))
+    cols = ["case", "gen_tokens_per_s", "completion_tokens_per_step", "step_s", "generate_s", "train_s", "other_s",
+            "overhead_share", "sync_s", "sync_gb", "sync_gb_per_s", "canary_diff"]
+    print(" | ".join(cols))
+    for r in results:
+        print(" | ".join(str(r[c]) if isinstance(r.get(c), str) else f"{r.get(c, float('nan')):.4g}" for c in cols))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"JSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
