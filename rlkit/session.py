@@ -109,6 +109,12 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
     engine = build_engine(cfg, model=policy, tokenizer=tokenizer, accelerator=accelerator,
                           model_path=cfg.model.name_or_path, max_len=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
     r = cfg.rollout
+    if r.max_staleness and (not engine.owns_weights or engine.releases_memory):
+        raise ValueError(f"rollout.max_staleness={r.max_staleness} needs an engine that keeps its own copy of the "
+                         f"weights and stays awake during training; '{r.engine.name}' "
+                         + ("samples from the training module itself" if not engine.owns_weights else
+                            "sleeps to give training its memory (set rollout.engine.enable_sleep_mode=false)")
+                         + ". Use rollout.engine=vllm or rollout.max_staleness=0.")
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
     eval_sampling = SamplingParams(cfg.eval.max_new_tokens or r.max_new_tokens, cfg.eval.temperature, r.top_p, r.top_k)
     probe = make_probe(tokenizer, train_prompts.item(0).prompt_ids)

@@ -18,6 +18,7 @@ from rlkit.dist import mean_over_processes
 from rlkit.evaluation import evaluate
 from rlkit.forward import score_batch
 from rlkit.rollout.canary import check_sync
+from rlkit.rollout.prefetch import RolloutPrefetcher
 from rlkit.rollout.collect import RolloutContext, collect_rollouts, rollout_metrics
 from rlkit.session import Session, build_session
 from rlkit.console import Progress, format_eval_table, print_table
@@ -45,17 +46,31 @@ def score(s: Session, batch: RolloutBatch) -> dict[str, float]:
     return out
 
 
-def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext) -> tuple[dict[str, float], RolloutBatch]:
-    cfg, acc, p = s.cfg, s.accelerator, s.plugins
-    times = {"start": time.perf_counter()}
+def rollout_phase(s: Session, step: int, position: int) -> tuple[RolloutBatch, dict[str, float]]:
+    """Prompts -> sampler rounds -> engine -> rewards -> RolloutBatch for ``step`` (this process's share)."""
+    cfg, acc = s.cfg, s.accelerator
     per_rank = cfg.train.prompts_per_step // acc.num_processes
     first = position + acc.process_index * per_rank
     prompts = s.train_prompts.batch(first, per_rank)
-    ctx = RolloutContext(s.engine, p.sampler, s.rewards, s.tokenizer, s.sampling, cfg.rollout.n, cfg.train.seed)
+    ctx = RolloutContext(s.engine, s.plugins.sampler, s.rewards, s.tokenizer, s.sampling, cfg.rollout.n,
+                         cfg.train.seed)
     batch, metrics = collect_rollouts(ctx, prompts, list(range(first, first + per_rank)), step,
                                       s.tokenizer.pad_token_id)
-    metrics.update(rollout_metrics(batch))
-    s.engine.release()
+    return batch, metrics | rollout_metrics(batch)
+
+
+def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext,
+            prefetch: RolloutPrefetcher) -> tuple[dict[str, float], RolloutBatch]:
+    cfg, acc, p = s.cfg, s.accelerator, s.plugins
+    times = {"start": time.perf_counter()}
+    ready = prefetch.take(step)
+    batch, metrics = ready if ready is not None else rollout_phase(s, step, position)
+    metrics["rollout/staleness"] = 1.0 if ready is not None else 0.0
+    times["rollout"] = time.perf_counter()
+    if cfg.rollout.max_staleness and step + 1 < cfg.train.steps:
+        prefetch.start(step + 1, rollout_phase, s, step + 1, position + cfg.train.prompts_per_step)
+    else:
+        s.engine.release()
     batch.rewards = p.objective(batch.raw_rewards, batch.group_ids)
     times["score"] = time.perf_counter()
     metrics.update(score(s, batch))
@@ -66,11 +81,13 @@ def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext) -> 
     times["train"] = time.perf_counter()
     metrics.update(policy_update(update_ctx, batch, step))
     times["update"] = time.perf_counter()
+    prefetch.wait()   # the engine must be idle before its weights change (and before the sampler updates)
     metrics.update(_prefixed("sampler", p.sampler.update(batch, step)))
     metrics.update(_prefixed("rollout", sync_engine(s, step + 1)))
     end = time.perf_counter()
-    metrics.update({"time/score": times["advantage"] - times["score"], "time/train": times["update"] - times["train"],
-                    "time/step": end - times["start"]})
+    metrics.update({"time/rollout_wait": times["rollout"] - times["start"],
+                    "time/score": times["advantage"] - times["score"], "time/train": times["update"] - times["train"],
+                    "time/wait_prefetch": end - times["update"], "time/step": end - times["start"]})
     return mean_over_processes(acc, metrics), batch
 
 
@@ -143,11 +160,12 @@ def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str
     if t.eval_at_start and step == 0:
         summary |= {f"before/{k}": v for k, v in _eval(s, 0, logger, "before RL").items()}
     progress = Progress(t.steps, initial=step, enabled=acc.is_main_process)
+    prefetch = RolloutPrefetcher()
     metrics: dict[str, float] = {}
     saved = step
     try:
         while step < t.steps:
-            metrics, batch = rl_step(s, step, position, update_ctx)
+            metrics, batch = rl_step(s, step, position, update_ctx, prefetch)
             step, position = step + 1, position + t.prompts_per_step
             if step % t.log_every == 0 or step == t.steps:
                 logger.log(step, metrics)
@@ -160,6 +178,7 @@ def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str
                 save_checkpoint(acc, out_dir, step, _trainer_state(s, step, position), t.keep_checkpoints)
                 saved = step
     except KeyboardInterrupt:
+        prefetch.wait()
         _on_interrupt(s, out_dir, step, position, saved)
         raise
     finally:

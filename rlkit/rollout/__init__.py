@@ -57,6 +57,9 @@ def completion_seed(run_seed: int, step: int, group_id: int, sample_index: int, 
 class RolloutEngine(Plugin):
     """Generates completions for a flat list of requests."""
 
+    owns_weights: bool = False     # True: samples from its own copy (can generate while the policy trains)
+    releases_memory: bool = False  # True: release() frees memory, so it cannot generate during training
+
     def generate(self, prompt_ids: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Completion]:
         raise NotImplementedError
 

@@ -80,6 +80,7 @@ class VLLMEngine(RolloutEngine):
         self.llm = self._start(model, model_path, dtype, gpu_memory_utilization, kv_cache_gib,
                                max_model_len or (model.config.max_position_embeddings), enforce_eager, seed, world)
         self.version, self.asleep = 0, False
+        self.owns_weights, self.releases_memory = True, self.sleep
         self.last_sync: dict[str, float] = {}
 
     def _start(self, model, path, dtype, gpu_mem, kv_gib, max_model_len, eager, seed, world):
