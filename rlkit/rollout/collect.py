@@ -26,7 +26,7 @@ class RolloutContext:
 
 
 def _run_round(ctx: RolloutContext, pool: RolloutPool, counts: list[int], group_ids: list[int], step: int,
-               timing: dict[str, float]) -> int:
+               timing: dict[str, float], reward_stats: dict[str, float]) -> int:
     have = pool.counts().tolist()
     req_prompt, req_ids, req_seeds = [], [], []
     for p, c in enumerate(counts):
@@ -53,10 +53,9 @@ def _run_round(ctx: RolloutContext, pool: RolloutPool, counts: list[int], group_
     pool.success += result.success.tolist()
     pool.components += result.components.tolist()
     pool.completion_texts += texts
-    for k, v in result.metrics.items():  # counts add up over rounds, means are averaged (weighted by rows)
-        key = f"reward_metric/{k}"
+    for k, v in result.metrics.items():  # counts add up over rounds; means are weighted by rows
         weight = len(req_prompt) if k.endswith("/mean") else 1
-        timing[key] = timing.get(key, 0.0) + v * weight
+        reward_stats[k] = reward_stats.get(k, 0.0) + v * weight
     return len(req_prompt)
 
 
@@ -64,12 +63,12 @@ def collect_rollouts(ctx: RolloutContext, prompts: list, group_ids: list[int], s
                      pad_id: int) -> tuple[RolloutBatch, dict[str, float]]:
     """Generate and score completions for ``prompts`` (this process's share) until the sampler is done."""
     pool = RolloutPool(prompts=prompts)
-    timing = {"generate": 0.0, "reward": 0.0}
+    timing, reward_stats = {"generate": 0.0, "reward": 0.0}, {}
     counts, rounds, generated = ctx.sampler.allocate(prompts, ctx.group_size), 0, 0
     while counts and any(c > 0 for c in counts):
         if rounds >= ctx.max_rounds:
             raise RuntimeError(f"sampler asked for more than {ctx.max_rounds} rollout rounds in one step")
-        generated += _run_round(ctx, pool, counts, group_ids, step, timing)
+        generated += _run_round(ctx, pool, counts, group_ids, step, timing, reward_stats)
         rounds += 1
         counts = ctx.sampler.next_round(pool)
     rows = ctx.sampler.finalize(pool)
@@ -78,8 +77,7 @@ def collect_rollouts(ctx: RolloutContext, prompts: list, group_ids: list[int], s
     batch = build_batch(pool, rows, group_ids, pad_id)
     metrics = {"rollout/generated": float(generated), "rollout/rounds": float(rounds),
                "time/generate": timing["generate"], "time/reward": timing["reward"]}
-    metrics.update({k.replace("reward_metric/", "reward/"): v / (generated if k.endswith("/mean") else 1)
-                    for k, v in timing.items() if k.startswith("reward_metric/")})
+    metrics.update({f"reward/{k}": v / (generated if k.endswith("/mean") else 1) for k, v in reward_stats.items()})
     return batch, metrics
 
 
