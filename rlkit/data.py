@@ -37,6 +37,11 @@ class PromptItem:
     columns: dict[str, Any] = field(default_factory=dict)  # every other column (answer, data_source ...)
 
 
+def stack_columns(items: list[PromptItem]) -> dict[str, list[Any]]:
+    """Per-item ``columns`` dicts -> one list per column (the form reward functions receive)."""
+    return {k: [item.columns[k] for item in items] for k in items[0].columns} if items else {}
+
+
 def is_local_source(source: str) -> bool:
     """A path (existing, with a data suffix, absolute/relative-looking, or under an existing folder)?
 

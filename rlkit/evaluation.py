@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from rlkit.data import stack_columns
 from rlkit.dist import sum_over_processes
 from rlkit.rollout import FINISH_LENGTH, SamplingParams, completion_seed
 
@@ -24,7 +25,7 @@ def evaluate(accelerator, engine, prompts: list, rewards, tokenizer, params: Sam
         seeds = [completion_seed(seed, -1, p.index, 0, salt=1) for p in mine]
         comps = engine.generate([p.prompt_ids for p in mine], seeds, params)
         texts = tokenizer.batch_decode([c.token_ids for c in comps], skip_special_tokens=True)
-        columns = {k: [p.columns[k] for p in mine] for k in mine[0].columns}
+        columns = stack_columns(mine)
         result = rewards.score([p.prompt for p in mine], texts, columns)
         success = torch.where(torch.isnan(result.success), (result.rewards > 0).float(), result.success)   # [n]
         scored = ~torch.isnan(result.rewards)                                                               # [n]

@@ -247,3 +247,16 @@ def gather_response_logits(logits: torch.Tensor, response_index: torch.Tensor) -
     """Pick the logits that predict the response tokens: [n,S,V], [n,T] -> [n,T,V]."""
     index = response_index[:, :, None].expand(-1, -1, logits.shape[-1])  # [n,T,V] (expanded view)
     return logits.gather(1, index)  # [n,T,V]
+
+
+def right_pad(sequences: list[list[float]] | list[list[int]], pad_value: float | int, *,
+              dtype: torch.dtype = torch.long, min_width: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged lists -> (values [n, T], mask [n, T] bool), right-padded with ``pad_value``; T >= ``min_width``."""
+    width = max([min_width] + [len(s) for s in sequences])
+    values = torch.full((len(sequences), width), pad_value, dtype=dtype)  # [n, T]
+    mask = torch.zeros((len(sequences), width), dtype=torch.bool)  # [n, T]
+    for i, seq in enumerate(sequences):
+        if len(seq):
+            values[i, :len(seq)] = torch.tensor(seq, dtype=dtype)
+            mask[i, :len(seq)] = True
+    return values, mask

@@ -20,6 +20,7 @@ from transformers import get_scheduler
 from rlkit.config import ModelConfig
 from rlkit.data import PromptSource, load_prompt_dataset
 from rlkit.forward import token_logprobs
+from rlkit.ops import right_pad
 from rlkit.modeling import check_model_source, load_causal_lm, load_tokenizer
 from rlkit.console import Progress
 
@@ -44,12 +45,7 @@ class SFTConfig:
 def _targets(tokenizer, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Answer token ids + EOS, right-padded: ids [n, T] long, mask [n, T] bool."""
     seqs = [tokenizer(str(a), add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for a in answers]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)         # [n, T]
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)                               # [n, T]
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), True
-    return ids, mask
+    return right_pad(seqs, tokenizer.pad_token_id)                                         # [n, T], [n, T]
 
 
 def run_sft(cfg: SFTConfig) -> Path:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from rlkit.batch import RolloutBatch
+from rlkit.data import stack_columns
+from rlkit.ops import right_pad
 from rlkit.rollout import FINISH_LENGTH, RolloutEngine, SamplingParams, completion_seed
 from rlkit.samplers import RolloutPool, Sampler
 
@@ -41,7 +43,7 @@ def _run_round(ctx: RolloutContext, pool: RolloutPool, counts: list[int], group_
     t1 = time.perf_counter()
     texts = ctx.tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
     prompts = [pool.prompts[p] for p in req_prompt]
-    columns = {k: [pr.columns[k] for pr in prompts] for k in prompts[0].columns}
+    columns = stack_columns(prompts)
     result = ctx.rewards.score([pr.prompt for pr in prompts], texts, columns)
     timing["generate"] += t1 - t0
     timing["reward"] += time.perf_counter() - t1
@@ -83,17 +85,9 @@ def collect_rollouts(ctx: RolloutContext, prompts: list, group_ids: list[int], s
 
 def build_batch(pool: RolloutPool, rows: list[int], group_ids: list[int], pad_id: int) -> RolloutBatch:
     comps = [pool.completions[r] for r in rows]
-    width = max(1, max(len(c.token_ids) for c in comps))
     n = len(rows)
-    response_ids = torch.full((n, width), pad_id, dtype=torch.long)                      # [N, T]
-    response_mask = torch.zeros((n, width), dtype=torch.bool)                            # [N, T]
-    rollout_logprobs = torch.zeros((n, width), dtype=torch.float32)                      # [N, T]
-    for i, c in enumerate(comps):
-        L = len(c.token_ids)
-        if L:
-            response_ids[i, :L] = torch.tensor(c.token_ids)
-            response_mask[i, :L] = True
-            rollout_logprobs[i, :L] = torch.tensor(c.logprobs, dtype=torch.float32)
+    response_ids, response_mask = right_pad([c.token_ids for c in comps], pad_id)                  # [N, T] x2
+    rollout_logprobs, _ = right_pad([c.logprobs for c in comps], 0.0, dtype=torch.float32)         # [N, T]
     prompts = [pool.prompts[pool.prompt_index[r]] for r in rows]
     rewards = torch.tensor([pool.rewards[r] for r in rows], dtype=torch.float32)          # [N]
     return RolloutBatch(
@@ -105,7 +99,7 @@ def build_batch(pool: RolloutPool, rows: list[int], group_ids: list[int], pad_id
         success=torch.tensor([pool.success[r] for r in rows], dtype=torch.float32),
         reward_components=torch.tensor([pool.components[r] for r in rows], dtype=torch.float32).reshape(n, -1),
         prompts=[p.prompt for p in prompts], completions=[pool.completion_texts[r] for r in rows],
-        columns={k: [p.columns[k] for p in prompts] for k in prompts[0].columns},
+        columns=stack_columns(prompts),
     )
 
 

@@ -126,3 +126,13 @@ def test_logprobs_bf16_in_fp32_and_uniform_entropy():
     # uniform distribution over V = 50 tokens: entropy = log 50
     _, h = ops.logprobs_from_logits(torch.zeros(1, 2, 50), torch.zeros(1, 2, dtype=torch.long), with_entropy=True)
     torch.testing.assert_close(h, torch.full((1, 2), math.log(50)))
+
+
+def test_right_pad():
+    from rlkit.ops import right_pad
+    ids, mask = right_pad([[5, 6, 7], [], [8]], 0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 0], [8, 0, 0]]
+    assert mask.tolist() == [[True, True, True], [False] * 3, [True, False, False]]
+    vals, _ = right_pad([[-0.5], []], 0.0, dtype=torch.float32)
+    assert vals.dtype == torch.float32 and vals.tolist() == [[-0.5], [0.0]]
+    assert right_pad([[], []], 0)[0].shape == (2, 1)   # an all-empty batch keeps one column
