@@ -1,4 +1,4 @@
-"""``rlkit`` command line: train | validate | show | list | sft | tiny-model | make-data | plot.
+"""``rlkit`` command line: train | validate | show | list | sft | tiny-model | make-data | plot | rollout-server.
 
 Runs as ``rlkit train RECIPE [dotted.key=value ...]`` or under ``accelerate launch -m rlkit.cli train RECIPE``.
 """
@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="write PNG curves (reward, accuracy, KL) of a run directory")
     pl.add_argument("run_dir")
     pl.set_defaults(fn=_cmd_plot)
+    from rlkit.rollout.server import add_parser as add_rollout_server
+    add_rollout_server(sub)
     return p
 
 

@@ -59,6 +59,7 @@ class RolloutEngine(Plugin):
 
     owns_weights: bool = False     # True: samples from its own copy (can generate while the policy trains)
     releases_memory: bool = False  # True: release() frees memory, so it cannot generate during training
+    precision: Any = None          # torch dtype the engine computes in, when it differs from the policy's
 
     def generate(self, prompt_ids: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Completion]:
         raise NotImplementedError
@@ -73,6 +74,11 @@ class RolloutEngine(Plugin):
         None = the engine samples from the training module itself, so there is nothing to verify.
         """
         return None
+
+    def probe_all(self, prompt_ids: list[int], response_ids: list[int]) -> dict[str, list[float]]:
+        """Log-probs of the probe from every replica that holds its own weights (one entry per worker)."""
+        lp = self.probe_logprobs(prompt_ids, response_ids)
+        return {} if lp is None else {"engine": lp}
 
     def release(self) -> None:
         """Give accelerator memory back to training until the next sync/generate (sleep mode)."""

@@ -28,20 +28,28 @@ def make_probe(tokenizer, prompt_ids: list[int], length: int = 16) -> tuple[list
 
 def check_sync(engine, policy, probe: tuple[list[int], list[int]], *, pad_id: int, tolerance: float | None,
                version: int) -> dict[str, float]:
-    engine_lp = engine.probe_logprobs(*probe)
-    if engine_lp is None:
+    """Compare every engine replica's log-probs of ``probe`` with the policy's; raise if any replica is off."""
+    replicas = engine.probe_all(*probe)
+    if not replicas:
         return {}
     prompt, cont = probe
     ids = torch.tensor([cont])                                                           # [1, T]
     mask = torch.ones_like(ids, dtype=torch.bool)                                        # [1, T]
     with torch.no_grad():
         lp, _ = token_logprobs(policy, [prompt], ids, mask, pad_id=pad_id)              # [1, T]
-    diff = (lp[0].float().cpu() - torch.tensor(engine_lp)).abs().mean().item()
-    tol = tolerance if tolerance is not None else DEFAULT_TOLERANCE.get(next(policy.parameters()).dtype, 5e-2)
-    if not diff <= tol:
+    diffs = {name: (lp[0].float().cpu() - torch.tensor(values)).abs().mean().item() for name, values in replicas.items()}
+    tol = tolerance if tolerance is not None else default_tolerance(next(policy.parameters()).dtype, engine.precision)
+    bad = {name: d for name, d in diffs.items() if not d <= tol}
+    if bad:
+        where = ", ".join(f"{name}: {d:.3g}" for name, d in bad.items())
         raise WeightSyncError(
             f"sync canary failed after weight sync #{version}: the engine's log-probs of the probe differ from the "
-            f"trainer's by {diff:.3g} on average (tolerance {tol:g}). The new weights were not applied to the rollout "
+            f"trainer's by {where} on average (tolerance {tol:g}). The new weights were not applied to the rollout "
             "engine; stopping rather than training on stale rollouts. Raise rollout.canary_tolerance only if the "
             "engine legitimately runs in a different precision.")
-    return {"canary_diff": diff}
+    return {"canary_diff": max(diffs.values())}
+
+
+def default_tolerance(policy_dtype: torch.dtype, engine_dtype: torch.dtype | None) -> float:
+    """The looser of the two precisions' tolerances (an engine may run a float32 policy in bfloat16)."""
+    return max(DEFAULT_TOLERANCE.get(d, 5e-2) for d in (policy_dtype, engine_dtype or policy_dtype))

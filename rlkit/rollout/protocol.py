@@ -1,0 +1,174 @@
+"""Wire protocol between the trainer (``rollout.engine: vllm_server``) and ``rlkit rollout-server`` workers.
+
+Two channels per (trainer process, worker) pair:
+
+* **Control**: a ``multiprocessing.connection`` socket with HMAC authentication (``RLKIT_ROLLOUT_AUTHKEY``).
+  Messages are pickled dicts with an ``op`` key (pickle: only connect to workers you started; the authkey keeps
+  others out). Every trainer process (rank) opens its own control connection to every worker.
+* **Weights**: a torch.distributed process group of the trainer's rank 0 (group rank 0) and the worker's
+  tensor-parallel ranks (group ranks 1..T) -- gloo on CPU, NCCL on GPU -- created from a TCPStore the trainer
+  hosts. One group per worker, so a restarted worker can rejoin alone. Weights travel as whole buckets: each
+  bucket is one flat uint8 tensor (all its parameters concatenated) and one broadcast, never one call per
+  parameter; the manifest sent on the control channel says how to cut it back into named tensors.
+
+Messages (trainer -> worker, and the worker's reply):
+
+=========  =============================================================  ====================================
+op         fields                                                         reply
+=========  =============================================================  ====================================
+hello      protocol                                                       hello: worker, version, run_id, info
+generate   call, items=[(index, prompt_ids, seed)], params, version       completions (streamed, see below)
+cancel     call                                                           (none; in-flight requests aborted)
+join       addr, port, prefix, backend, timeout_s                         joined
+sync       run_id, version, manifest=[[(name, shape, dtype)], ...]        synced: version, seconds
+probe      prompt_ids, response_ids                                       probe: logprobs
+bye        (none)                                                         (connection closed)
+=========  =============================================================  ====================================
+
+While a ``generate`` call runs, the worker sends ``{"op": "completions", "call", "items": [(index, Completion)]}``
+as soon as requests finish (every engine step that finished some), and ``{"op": "alive"}`` every
+``HEARTBEAT_S`` seconds otherwise, so the trainer can tell a slow worker from a dead or hung one. A worker
+answers ``{"op": "error", "message"}`` to a request it cannot serve (wrong protocol, a ``generate`` tagged with
+another weight version, an exception in the engine). A ``sync`` or ``probe`` waits until the worker's in-flight
+requests have finished, so weights never change in the middle of a completion.
+
+Versions: both sides count syncs. A worker starts at version 0 (the weights of ``--model``) with no run id; after
+a sync it holds ``(run_id, version)`` of the trainer that sent it. ``generate`` carries the trainer's version and
+the worker refuses a mismatch, so a completion can never come silently from other weights.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import socket
+from typing import Iterable, Iterator
+
+import torch
+import torch.distributed as dist
+
+PROTOCOL_VERSION = 1
+HEARTBEAT_S = 2.0
+AUTHKEY_ENV = "RLKIT_ROLLOUT_AUTHKEY"
+_LOCAL_DEFAULT_KEY = b"rlkit-local-rollout"
+
+
+class RolloutWorkerError(RuntimeError):
+    """A rollout worker is unreachable, died, hung, or refused a request."""
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = str(address).rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"rollout worker address '{address}' is not host:port (e.g. 127.0.0.1:51300)")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def authkey(host: str) -> bytes:
+    """The shared secret: ``RLKIT_ROLLOUT_AUTHKEY``; a fixed default is allowed only on loopback addresses."""
+    key = os.environ.get(AUTHKEY_ENV)
+    if key:
+        return key.encode()
+    if not is_loopback(host):
+        raise ValueError(f"rollout workers on '{host}' (not loopback) need a shared secret: set {AUTHKEY_ENV} to the "
+                         "same value for `rlkit rollout-server` and the trainer")
+    return _LOCAL_DEFAULT_KEY
+
+
+# ---------------------------------------------------------------------------------------------- buckets
+def iter_buckets(state: dict[str, torch.Tensor], bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Split a state dict into consecutive buckets of at most ``bucket_bytes`` (a larger tensor is alone)."""
+    bucket, size = [], 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, tensor))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+def bucket_manifest(bucket: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, tuple[int, ...], str]]:
+    return [(name, tuple(t.shape), str(t.dtype).replace("torch.", "")) for name, t in bucket]
+
+
+def manifest_bytes(manifest: list[tuple[str, tuple[int, ...], str]]) -> int:
+    return sum(_nbytes(shape, dtype) for _, shape, dtype in manifest)
+
+
+def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n * torch.empty((), dtype=getattr(torch, dtype)).element_size()
+
+
+def pack_bucket(bucket: list[tuple[str, torch.Tensor]], device: torch.device | str) -> torch.Tensor:
+    """All tensors of a bucket as one flat uint8 tensor on ``device`` (the order of the manifest)."""
+    parts = [t.detach().to(device).contiguous().reshape(-1).view(torch.uint8) for _, t in bucket]
+    return torch.cat(parts) if len(parts) > 1 else parts[0].clone()          # [bucket bytes]
+
+
+def unpack_bucket(flat: torch.Tensor, manifest: list[tuple[str, tuple[int, ...], str]]
+                  ) -> list[tuple[str, torch.Tensor]]:
+    """Inverse of :func:`pack_bucket`: named views into ``flat`` (uint8 [bucket bytes])."""
+    out, offset = [], 0
+    for name, shape, dtype in manifest:
+        n = _nbytes(shape, dtype)
+        out.append((name, flat[offset:offset + n].view(getattr(torch, dtype)).view(shape)))
+        offset += n
+    if offset != flat.numel():
+        raise RolloutWorkerError(f"weight bucket has {flat.numel()} bytes but its manifest describes {offset}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- groups
+def open_group(addr: str, port: int, prefix: str, rank: int, world: int, backend: str, timeout_s: float):
+    """A process group of ``world`` ranks outside the default group (the trainer keeps its own DDP group)."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(addr, port, None, False, timeout)
+    store = dist.PrefixStore(prefix, store)
+    if backend == "nccl":
+        return dist.ProcessGroupNCCL(store, rank, world, dist.ProcessGroupNCCL.Options())
+    return dist.ProcessGroupGloo(store, rank, world, timeout)
+
+
+def host_store(timeout_s: float):
+    """The trainer's TCPStore server for the weight groups (an ephemeral port on all interfaces)."""
+    return dist.TCPStore("0.0.0.0", 0, None, True, datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
+
+
+def broadcast(group, tensor: torch.Tensor):
+    """Start a broadcast from group rank 0; returns the work handle (``.wait()``)."""
+    opts = dist.BroadcastOptions()
+    opts.rootRank = 0
+    return group.broadcast([tensor], opts)
+
+
+def receive_buckets(group, manifests: list, device: torch.device | str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Worker side: receive every bucket of a sync in order, yielding named tensors (feeds ``reload_weights``)."""
+    for manifest in manifests:
+        flat = torch.empty(manifest_bytes(manifest), dtype=torch.uint8, device=device)   # [bucket bytes]
+        broadcast(group, flat).wait()
+        yield from unpack_bucket(flat, manifest)
+
+
+def local_address(conn) -> str:
+    """The local IP of a control connection: the address the worker can reach this process at."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        return sock.getsockname()[0]
+    finally:
+        sock.close()
