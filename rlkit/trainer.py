@@ -19,6 +19,7 @@ from rlkit.evaluation import evaluate
 from rlkit.forward import score_batch
 from rlkit.rollout.canary import check_sync
 from rlkit.rollout.prefetch import RolloutPrefetcher
+from rlkit.rollout.protocol import RolloutWorkerError
 from rlkit.rollout.collect import RolloutContext, collect_rollouts, rollout_metrics
 from rlkit.session import Session, build_session
 from rlkit.console import Progress, format_eval_table, print_table
@@ -61,7 +62,7 @@ def rollout_phase(s: Session, step: int, position: int) -> tuple[RolloutBatch, d
 
 def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext,
             prefetch: RolloutPrefetcher) -> tuple[dict[str, float], RolloutBatch]:
-    cfg, acc, p = s.cfg, s.accelerator, s.plugins
+    cfg, p = s.cfg, s.plugins
     times = {"start": time.perf_counter()}
     ready = prefetch.take(step)
     batch, metrics = ready if ready is not None else rollout_phase(s, step, position)
@@ -83,12 +84,23 @@ def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext,
     times["update"] = time.perf_counter()
     prefetch.wait()   # the engine must be idle before its weights change (and before the sampler updates)
     metrics.update(_prefixed("sampler", p.sampler.update(batch, step)))
-    metrics.update(_prefixed("rollout", sync_engine(s, step + 1)))
     end = time.perf_counter()
     metrics.update({"time/rollout_wait": times["rollout"] - times["start"],
                     "time/score": times["advantage"] - times["score"], "time/train": times["update"] - times["train"],
                     "time/wait_prefetch": end - times["update"], "time/step": end - times["start"]})
-    return mean_over_processes(acc, metrics), batch
+    return metrics, batch
+
+
+def finish_step(s: Session, version: int, metrics: dict[str, float]) -> dict[str, float]:
+    """After the step's update is counted: sync the engine to policy ``version`` and average the metrics.
+
+    Kept out of :func:`rl_step` so that a failing sync (a lost rollout worker, a canary failure) happens after the
+    step counter moved on: a checkpoint saved then matches the weights it holds."""
+    t0 = time.perf_counter()
+    metrics.update(_prefixed("rollout", sync_engine(s, version)))
+    metrics["time/sync"] = time.perf_counter() - t0
+    metrics["time/step"] += metrics["time/sync"]
+    return mean_over_processes(s.accelerator, metrics)
 
 
 def sync_engine(s: Session, version: int) -> dict[str, float]:
@@ -139,6 +151,14 @@ def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str
     acc = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision)
     set_seed(cfg.train.seed)
     s = build_session(cfg, acc)
+    try:
+        return _run(s)
+    finally:
+        s.engine.close()   # e.g. tells rollout workers to drop this trainer's requests
+
+
+def _run(s: Session) -> dict[str, float]:
+    cfg, acc = s.cfg, s.accelerator
     out_dir, t = Path(cfg.train.output_dir), cfg.train
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +187,7 @@ def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str
         while step < t.steps:
             metrics, batch = rl_step(s, step, position, update_ctx, prefetch)
             step, position = step + 1, position + t.prompts_per_step
+            metrics = finish_step(s, step, metrics)
             if step % t.log_every == 0 or step == t.steps:
                 logger.log(step, metrics)
             progress.update(step, metrics)
@@ -177,8 +198,8 @@ def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str
             if (t.save_every and step % t.save_every == 0) or step == t.steps:
                 save_checkpoint(acc, out_dir, step, _trainer_state(s, step, position), t.keep_checkpoints)
                 saved = step
-    except KeyboardInterrupt:
-        prefetch.wait()
+    except (KeyboardInterrupt, RolloutWorkerError):
+        _quiet_wait(prefetch)
         _on_interrupt(s, out_dir, step, position, saved)
         raise
     finally:
@@ -190,8 +211,15 @@ def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str
     return metrics | summary
 
 
+def _quiet_wait(prefetch: RolloutPrefetcher) -> None:
+    try:
+        prefetch.wait()
+    except Exception as exc:  # the run is stopping anyway; its own error is the one to report
+        log.warning("in-flight rollout failed while stopping: %s", exc)
+
+
 def _on_interrupt(s: Session, out_dir: Path, step: int, position: int, saved: int) -> None:
-    """Ctrl-C / SIGTERM: keep the finished steps. One process saves now; several keep the last checkpoint
+    """Ctrl-C / SIGTERM / every rollout worker lost: keep the finished steps. One process saves now; several keep the last checkpoint
     (a collective save could hang when processes were interrupted at different points)."""
     if step > saved and s.accelerator.num_processes == 1:
         path = save_checkpoint(s.accelerator, out_dir, step, _trainer_state(s, step, position),

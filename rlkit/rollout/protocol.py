@@ -86,6 +86,15 @@ def authkey(host: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------- buckets
+def sync_state(model) -> dict[str, torch.Tensor]:
+    """The tensors a weight sync sends: the whole state dict, tied duplicates included.
+
+    Sending a tied ``lm_head.weight`` again looks redundant, but vLLM's layer-wise in-place reload treats the
+    head as its own layer: when that layer receives nothing it keeps its old values, and the engine then
+    samples from a stale head. With the head left out, the canary measured 5e-3 on the tiny model."""
+    return {name: tensor.detach() for name, tensor in model.state_dict().items()}
+
+
 def iter_buckets(state: dict[str, torch.Tensor], bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Split a state dict into consecutive buckets of at most ``bucket_bytes`` (a larger tensor is alone)."""
     bucket, size = [], 0
@@ -104,8 +113,21 @@ def bucket_manifest(bucket: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[st
     return [(name, tuple(t.shape), str(t.dtype).replace("torch.", "")) for name, t in bucket]
 
 
+ALIGN = 16   # every tensor starts at a multiple of 16 bytes inside a bucket (so it can be viewed in its dtype)
+
+
+def _layout(manifest) -> tuple[list[int], int]:
+    """Byte offset of each tensor in the flat bucket, and the bucket's total size (with alignment padding)."""
+    offsets, end = [], 0
+    for _, shape, dtype in manifest:
+        start = -(-end // ALIGN) * ALIGN
+        offsets.append(start)
+        end = start + _nbytes(shape, dtype)
+    return offsets, end
+
+
 def manifest_bytes(manifest: list[tuple[str, tuple[int, ...], str]]) -> int:
-    return sum(_nbytes(shape, dtype) for _, shape, dtype in manifest)
+    return _layout(manifest)[1]
 
 
 def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
@@ -116,22 +138,23 @@ def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
 
 
 def pack_bucket(bucket: list[tuple[str, torch.Tensor]], device: torch.device | str) -> torch.Tensor:
-    """All tensors of a bucket as one flat uint8 tensor on ``device`` (the order of the manifest)."""
-    parts = [t.detach().to(device).contiguous().reshape(-1).view(torch.uint8) for _, t in bucket]
-    return torch.cat(parts) if len(parts) > 1 else parts[0].clone()          # [bucket bytes]
+    """All tensors of a bucket in one flat uint8 tensor on ``device`` (manifest order, 16-byte aligned)."""
+    offsets, total = _layout(bucket_manifest(bucket))
+    flat = torch.empty(total, dtype=torch.uint8, device=device)                     # [bucket bytes]
+    for (_, t), start in zip(bucket, offsets):
+        raw = t.detach().contiguous().reshape(-1).view(torch.uint8)
+        flat[start:start + raw.numel()].copy_(raw)
+    return flat
 
 
 def unpack_bucket(flat: torch.Tensor, manifest: list[tuple[str, tuple[int, ...], str]]
                   ) -> list[tuple[str, torch.Tensor]]:
     """Inverse of :func:`pack_bucket`: named views into ``flat`` (uint8 [bucket bytes])."""
-    out, offset = [], 0
-    for name, shape, dtype in manifest:
-        n = _nbytes(shape, dtype)
-        out.append((name, flat[offset:offset + n].view(getattr(torch, dtype)).view(shape)))
-        offset += n
-    if offset != flat.numel():
-        raise RolloutWorkerError(f"weight bucket has {flat.numel()} bytes but its manifest describes {offset}")
-    return out
+    offsets, total = _layout(manifest)
+    if total != flat.numel():
+        raise RolloutWorkerError(f"weight bucket has {flat.numel()} bytes but its manifest describes {total}")
+    return [(name, flat[start:start + _nbytes(shape, dtype)].view(getattr(torch, dtype)).view(shape))
+            for (name, shape, dtype), start in zip(manifest, offsets)]
 
 
 # ---------------------------------------------------------------------------------------------- groups

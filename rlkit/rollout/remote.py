@@ -47,7 +47,8 @@ import torch
 from rlkit.registry import ENGINES
 from rlkit.rollout import Completion, RolloutEngine, SamplingParams
 from rlkit.rollout.protocol import (PROTOCOL_VERSION, RolloutWorkerError, authkey, broadcast, bucket_manifest,
-                                    host_store, iter_buckets, local_address, open_group, pack_bucket, parse_address)
+                                    host_store, iter_buckets, local_address, open_group, pack_bucket, parse_address,
+                                    sync_state)
 
 log = logging.getLogger("rlkit.remote")
 
@@ -298,7 +299,7 @@ class VLLMServerEngine(RolloutEngine):
         """rank 0: send the state dict to every reachable worker, one broadcast per bucket."""
         t0 = time.perf_counter()
         self._revive()
-        state = {k: v.detach() for k, v in model.state_dict().items()}
+        state = sync_state(model)
         buckets = list(iter_buckets(state, self.bucket_bytes))
         manifests = [bucket_manifest(b) for b in buckets]
         backend = self._backend(model)

@@ -36,7 +36,7 @@ import torch
 
 from rlkit.registry import ENGINES
 from rlkit.rollout import FINISH_LENGTH, FINISH_STOP, Completion, RolloutEngine, SamplingParams
-from rlkit.rollout.protocol import iter_buckets
+from rlkit.rollout.protocol import iter_buckets, sync_state
 
 log = logging.getLogger("rlkit.vllm")
 
@@ -114,7 +114,7 @@ class VLLMEngine(RolloutEngine):
     # ------------------------------------------------------------------------------------------ weights
     def sync_weights(self, model) -> dict[str, float]:
         t0 = time.perf_counter()
-        state = {k: v.detach() for k, v in model.state_dict().items()}
+        state = sync_state(model)
         total = sum(v.numel() * v.element_size() for v in state.values())
         buckets = {"n": 0}
 

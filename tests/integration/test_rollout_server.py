@@ -169,8 +169,8 @@ def test_killed_worker_requests_move_and_restarted_worker_rejoins_with_current_w
         eng = engine([f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"], net)
         victim = eng.workers[1].info["pid"]
         prompts, seeds = requests(80)
-        killer = threading.Timer(0.3, os.kill, (victim, signal.SIGKILL))
-        killer.start()
+        os.kill(victim, signal.SIGSTOP)       # frozen mid-run: it takes requests but never answers
+        threading.Timer(1.0, os.kill, (victim, signal.SIGKILL)).start()
         t0 = time.monotonic()
         out = eng.generate(prompts, seeds, PARAMS)
         assert time.monotonic() - t0 < 30
@@ -241,3 +241,47 @@ def test_wrong_authkey_is_named(monkeypatch):
             engine([f"127.0.0.1:{base}"], model(), connect_timeout_s=30)
     finally:
         stop(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_trainer_processes_share_the_workers_and_match_one(tiny_model_dir, arith_data, tmp_path):
+    """Every rank talks to every worker; rank 0 alone pushes weights, barriers keep versions in step."""
+    import json
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from tests.conftest import recipe_dict
+    from tests.integration.test_ddp import _launch
+
+    base = free_port(2)
+    server = start_server(base, 2)
+    try:
+        addresses = f"127.0.0.1:{base},127.0.0.1:{base + 1}"
+        runs = {}
+        for procs in (1, 2):
+            out = tmp_path / f"p{procs}"
+            cfg = recipe_dict(tiny_model_dir, arith_data, out, steps=2, prompts_per_step=4, micro_batch_size=4,
+                              mini_batches=2, adam_eps=1e-4)
+            cfg["rollout"].update(engine={"name": "vllm_server", "addresses": addresses, "connect_timeout_s": 60},
+                                  canary_every=0)   # the fake engine's probe is a checksum, not log-probs
+            cfg["aggregation"] = "seq_mean_token_sum"
+            (tmp_path / f"r{procs}.yaml").write_text(yaml.safe_dump(cfg))
+            _launch(tmp_path / f"r{procs}.yaml", procs)
+            rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+            steps = [r for r in rows if "loss/total" in r]
+            assert [r["rollout/weight_version"] for r in steps] == [1, 2]
+            assert all(r["rollout/workers_alive"] == 2 for r in steps)
+            runs[procs] = [r[k] for r in steps for k in ("loss/total", "reward/mean")]
+            final = load_file(str(out / "final/model.safetensors"))
+            synced = checksum(final.values()) + checksum([final["model.embed_tokens.weight"]])  # + tied lm_head
+            for port in (base, base + 1):                          # both workers hold the final weights
+                conn = Client(("127.0.0.1", port), authkey=b"rlkit-local-rollout")
+                conn.send({"op": "probe", "prompt_ids": [1], "response_ids": [2]})
+                assert conn.recv()["logprobs"][0] == pytest.approx(synced, rel=1e-6)
+                conn.close()
+        assert any(abs(x) > 1e-3 for x in runs[1][::2])                  # some step had a real loss
+        assert runs[2] == pytest.approx(runs[1], abs=1e-5)
+    finally:
+        stop(server)
