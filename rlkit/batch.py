@@ -31,7 +31,8 @@ class RolloutBatch:
     old_logprobs: torch.Tensor | None = None   # [N, T] log pi_old(token), scoring pass, no grad
     ref_logprobs: torch.Tensor | None = None   # [N, T] log pi_ref(token)
     entropy: torch.Tensor | None = None        # [N, T] old-policy entropy per position
-    values: torch.Tensor | None = None         # [N, T] critic values
+    values: torch.Tensor | None = None         # [N, T] critic values V(state before token t), scoring pass
+    returns: torch.Tensor | None = None        # [N, T] value targets (set by advantage: gae)
     advantages: torch.Tensor | None = None     # [N, T] (0 where masked)
     token_weights: torch.Tensor | None = None  # [N, T] in [0, 1]; 0 = token not trained on
     extras: dict[str, Any] = field(default_factory=dict)  # plug-in specific data (documented by the plug-in)

@@ -26,6 +26,15 @@ class Plugins:
         out.update({f"loss.{i}": loss for i, loss in enumerate(self.losses)})
         return out
 
+    def check_chain(self) -> None:
+        """An objective that already subtracts a baseline must not get a second one from the estimator."""
+        if self.objective.output == "advantage" and not self.advantage.takes_advantages:
+            raise ValueError(
+                f"objective '{self.objective.plugin_name}' already returns advantages (it applies its own baseline), "
+                f"so advantage '{self.advantage.plugin_name}' would subtract a second one: set `advantage: "
+                "passthrough`, or give the objective `baseline: none` to feed its transformed rewards to "
+                f"'{self.advantage.plugin_name}'")
+
     def requires(self) -> set[str]:
         needed: set[str] = set()
         for name, plugin in self.all().items():
@@ -40,7 +49,7 @@ class Plugins:
 def build_plugins(cfg: RecipeConfig) -> Plugins:
     load_builtins()
     ctx = {"max_len": cfg.rollout.max_new_tokens, "total_steps": cfg.train.steps, "group_size": cfg.rollout.n}
-    return Plugins(
+    plugins = Plugins(
         sampler=SAMPLERS.build(cfg.sampler.name, cfg.sampler.kwargs, **ctx),
         objective=OBJECTIVES.build(cfg.objective.name, cfg.objective.kwargs, **ctx),
         advantage=ADVANTAGES.build(cfg.advantage.name, cfg.advantage.kwargs, **ctx),
@@ -48,6 +57,8 @@ def build_plugins(cfg: RecipeConfig) -> Plugins:
         losses=[LOSSES.build(s.name, s.kwargs, **ctx) for s in cfg.losses],
         aggregation=AGGREGATIONS.build(cfg.aggregation.name, cfg.aggregation.kwargs, **ctx),
     )
+    plugins.check_chain()
+    return plugins
 
 
 ENGINE_CONTEXT = ("model", "tokenizer", "accelerator", "model_path", "max_len", "seed")

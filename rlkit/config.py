@@ -114,6 +114,21 @@ class TrainConfig(Strict):
     max_nan_steps: int = Field(0, ge=0, description="consecutive non-finite losses tolerated (skipped) before stopping")
 
 
+class CriticConfig(Strict):
+    """A value model for PPO with GAE (``advantage: gae`` and the ``value`` loss). Presence of the section turns
+    the critic on."""
+
+    model: str | None = Field(None, description="backbone for a separate value model (AutoModel + scalar head); "
+                                                "null = model.name_or_path")
+    shared_backbone: bool = Field(False, description="value head on the policy's own backbone instead of a "
+                                                     "separate model (saves memory; value gradients reach the policy)")
+    lr: float = Field(1e-5, gt=0, description="critic AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0)
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = Field(1.0, description="critic gradient clipping; null = off")
+    warmup_steps: int = Field(0, ge=0, description="first RL steps that train only the critic (policy frozen)")
+
+
 class EvalConfig(Strict):
     max_prompts: int = Field(500, ge=1, description="held-out prompts used by in-training evaluation")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
@@ -134,6 +149,7 @@ class RecipeConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    critic: CriticConfig | None = Field(None, description="value model; needed by advantage: gae / loss: value")
     sampler: PluginSpec = Field(default_factory=lambda: PluginSpec(name="fixed"))
     objective: PluginSpec = Field(default_factory=lambda: PluginSpec(name="mean"))
     advantage: PluginSpec = Field(default_factory=lambda: PluginSpec(name="grpo"))

@@ -31,14 +31,23 @@ class Plugin:
 
 
 class Objective(Plugin):
-    """Per-group reward transform applied once per step before the advantage estimator."""
+    """Per-group reward transform applied once per step before the advantage estimator.
+
+    ``output`` says what the returned values are: "reward" (an estimator still subtracts a baseline) or
+    "advantage" (the objective applied its own baseline; only ``advantage: passthrough`` may follow)."""
+
+    output: str = "reward"
 
     def __call__(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:  # [N], [N] -> [N]
         raise NotImplementedError
 
 
 class AdvantageEstimator(Plugin):
-    """RolloutBatch -> advantages [N, T] (0 where ``response_mask`` is False), plus metrics."""
+    """RolloutBatch -> advantages [N, T] (0 where ``response_mask`` is False), plus metrics.
+
+    ``takes_advantages``: True if the estimator can follow an objective whose output is already an advantage."""
+
+    takes_advantages: bool = False
 
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

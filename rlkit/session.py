@@ -16,6 +16,7 @@ from transformers import get_scheduler
 
 from rlkit.build import Plugins, build_engine, build_plugins, check_engine
 from rlkit.config import RecipeConfig
+from rlkit.critic import build_critic
 from rlkit.data import PromptSource, is_local_source, load_prompt_dataset
 from rlkit.modeling import check_model_source, load_causal_lm, load_tokenizer
 from rlkit.rewards import RewardManager, RewardSpec
@@ -43,6 +44,7 @@ class Session:
     sampling: SamplingParams
     eval_sampling: SamplingParams
     probe: tuple[list[int], list[int]]   # fixed sequence for the weight-sync canary
+    critic: Any | None = None            # rlkit.critic.Critic when a plug-in needs values
 
     @property
     def policy(self):
@@ -58,7 +60,14 @@ def reward_manager(cfg: RecipeConfig) -> RewardManager:
 def check_recipe(cfg: RecipeConfig, *, check_files: bool = True) -> tuple[Plugins, RewardManager]:
     """Every model-free check: plug-ins build, rewards load with valid signatures, files exist."""
     plugins = build_plugins(cfg)
-    plugins.requires()
+    needs = plugins.requires()
+    if "values" in needs and cfg.critic is None:
+        users = [f"{k} '{p.plugin_name}'" for k, p in plugins.all().items() if "values" in p.requires]
+        raise ValueError(f"{', '.join(users)} needs critic values, but the recipe has no critic: add a `critic:` "
+                         "section (e.g. `critic: {lr: 1.0e-5}`; critic.model defaults to model.name_or_path)")
+    if cfg.critic is not None and "values" not in needs:
+        log.warning("critic configured but no plug-in uses values (advantage: gae, loss: value); it will be "
+                    "trained for nothing -- remove the `critic:` section")
     check_engine(cfg)
     rewards = reward_manager(cfg)
     if check_files:
@@ -89,8 +98,6 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
     needs = plugins.requires()
     if cfg.train.epochs > 1 or cfg.train.mini_batches > 1:
         needs.add("old_logprobs")  # the policy moves between optimizer steps of one batch
-    if "values" in needs:
-        raise ValueError("a plug-in requires critic values but no critic is configured")
     tokenizer = load_tokenizer(cfg.model)
     train_prompts = _prompt_source(cfg, tokenizer, rewards, cfg.data.train, cfg.data.train_split, cfg.data.shuffle)
     eval_prompts = None
@@ -107,6 +114,7 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
                               num_training_steps=total_updates)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     policy = accelerator.unwrap_model(model)
+    critic = build_critic(cfg, accelerator, policy) if cfg.critic is not None else None
     engine = build_engine(cfg, model=policy, tokenizer=tokenizer, accelerator=accelerator,
                           model_path=cfg.model.name_or_path, max_len=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
     r = cfg.rollout
@@ -120,4 +128,4 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
     eval_sampling = SamplingParams(cfg.eval.max_new_tokens or r.max_new_tokens, cfg.eval.temperature, r.top_p, r.top_k)
     probe = make_probe(tokenizer, train_prompts.item(0).prompt_ids)
     return Session(cfg, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, plugins, needs,
-                   rewards, train_prompts, eval_prompts, sampling, eval_sampling, probe)
+                   rewards, train_prompts, eval_prompts, sampling, eval_sampling, probe, critic)

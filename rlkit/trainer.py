@@ -10,6 +10,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
+from safetensors.torch import save_file
 
 from rlkit.batch import RolloutBatch
 from rlkit.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
@@ -44,6 +45,9 @@ def score(s: Session, batch: RolloutBatch) -> dict[str, float]:
         out["rollout/logprob_diff"] = diff.mean().item() if diff.numel() else 0.0
     if "ref_logprobs" in s.needs:
         batch.ref_logprobs, _ = score_batch(s.ref_model, batch, with_entropy=False, **common)
+    if s.critic is not None:
+        batch.values = s.critic.score(s.model, batch, pad_id=s.tokenizer.pad_token_id,
+                                      micro_batch_size=t.micro_batch_size, autocast=s.accelerator.autocast)
     return out
 
 
@@ -172,7 +176,8 @@ def _run(s: Session) -> dict[str, float]:
                            enabled=acc.is_main_process)
     update_ctx = UpdateContext(acc, s.model, s.optimizer, s.scheduler, s.plugins.losses, s.plugins.aggregation,
                                s.tokenizer.pad_token_id, s.sampling.temperature, t.micro_batch_size, t.epochs,
-                               t.mini_batches, t.max_grad_norm, cfg.rollout.max_new_tokens, t.seed, t.max_nan_steps)
+                               t.mini_batches, t.max_grad_norm, cfg.rollout.max_new_tokens, t.seed, t.max_nan_steps,
+                               critic=s.critic)
     summary: dict[str, float] = {}
     if cfg.rollout.canary_every:  # the engine must start from the policy's weights too (e.g. after a resume)
         check_sync(s.engine, s.policy, s.probe, pad_id=s.tokenizer.pad_token_id,
@@ -236,5 +241,8 @@ def export_final(s: Session, path: Path) -> None:
     if s.accelerator.is_main_process:
         s.policy.save_pretrained(path, safe_serialization=True)
         s.tokenizer.save_pretrained(path)
+        if s.critic is not None:   # the value model, for continuing PPO from this policy
+            save_file({k: v.contiguous() for k, v in s.critic.unwrap().state_dict().items()},
+                      str(path / "critic.safetensors"))
     s.accelerator.wait_for_everyone()
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from rlkit.batch import RolloutBatch
+from rlkit.critic import no_sync_all
 from rlkit.dist import gather_lists, mean_over_processes, sum_over_processes
 from rlkit.forward import response_logprobs
 from rlkit.plugin_api import Aggregation, Loss, MicroBatch
@@ -46,6 +47,7 @@ class UpdateContext:
     max_len: int
     seed: int
     max_nan_steps: int
+    critic: object = None      # rlkit.critic.Critic when a plug-in needs values
     nan_steps: int = 0
 
 
@@ -70,13 +72,15 @@ def _plan_local(ctx: UpdateContext, rows: RolloutBatch) -> tuple[torch.Tensor, f
 def _micro_step(ctx: UpdateContext, rows: RolloutBatch, coef: torch.Tensor, Z: float, sync: bool,
                 metric_sums: dict[str, float]) -> None:
     acc, device = ctx.accelerator, ctx.accelerator.device
-    sync_ctx = contextlib.nullcontext() if sync else acc.no_sync(ctx.model)
+    models = [ctx.model] + ([ctx.critic.module] if ctx.critic is not None else [])
+    sync_ctx = contextlib.nullcontext() if sync else no_sync_all(acc, models)
     with sync_ctx:
         with acc.autocast():
             logprobs, entropy = response_logprobs(ctx.model, rows, pad_id=ctx.pad_id, temperature=ctx.temperature,
                                                   with_entropy=True)                     # [n, T], [n, T]
+            values = ctx.critic.values(ctx.model, rows, pad_id=ctx.pad_id) if ctx.critic is not None else None
         rows = rows.to(device)
-        micro = MicroBatch(batch=rows, logprobs=logprobs.float(), entropy=entropy)
+        micro = MicroBatch(batch=rows, logprobs=logprobs.float(), entropy=entropy, values=values)
         token_loss = torch.zeros_like(micro.logprobs)                                     # [n, T]
         weights = rows.token_weights.float()                                              # [n, T]
         for loss_fn in ctx.losses:
@@ -94,8 +98,12 @@ def _micro_step(ctx: UpdateContext, rows: RolloutBatch, coef: torch.Tensor, Z: f
     metric_sums["_ent_tokens"] = metric_sums.get("_ent_tokens", 0.0) + float(ent_mask.sum())
 
 
-def _optimizer_step(ctx: UpdateContext) -> tuple[float, bool]:
+def _optimizer_step(ctx: UpdateContext, freeze_policy: bool = False) -> tuple[float, bool]:
+    """Clip and apply the policy's gradients (dropped while ``freeze_policy``: critic warm-up)."""
     acc = ctx.accelerator
+    if freeze_policy:
+        ctx.optimizer.zero_grad(set_to_none=True)
+        return 0.0, True
     params = [p for p in ctx.model.parameters() if p.requires_grad]
     if ctx.max_grad_norm is not None:
         norm = acc.clip_grad_norm_(params, ctx.max_grad_norm)
@@ -124,7 +132,8 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch, step: int) -> dict[st
     sizes = gather_lists(acc, [len(batch)])
     global_n, offset = sum(s[0] for s in sizes), sum(s[0] for s in sizes[:acc.process_index])
     sums: dict[str, float] = {}
-    norms, skipped = [], 0
+    norms, skipped, critic_norms = [], 0, []
+    freeze = ctx.critic is not None and step < ctx.critic.warmup_steps
     for epoch in range(ctx.epochs):
         assign = minibatch_assignment(offset, len(batch), global_n, ctx.mini_batches, ctx.seed, step, epoch)
         for j in range(ctx.mini_batches):
@@ -139,9 +148,11 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch, step: int) -> dict[st
                 part = rows.select(idx) if len(idx) else batch.select(torch.tensor([0]))
                 part_coef = coef[idx] if len(idx) else torch.zeros(1)
                 _micro_step(ctx, part, part_coef, Z, sync=(m == n_micro_all - 1), metric_sums=sums)
-            norm, ok = _optimizer_step(ctx)
+            norm, ok = _optimizer_step(ctx, freeze_policy=freeze)
             norms.append(norm)
             skipped += 0 if ok else 1
+            if ctx.critic is not None:
+                critic_norms.append(ctx.critic.step()[0])
     tokens = max(sums.pop("_tokens", 0.0), 1e-9)
     ent_tokens = max(sums.pop("_ent_tokens", 0.0), 1e-9)
     out = {f"loss/{k}": v / tokens for k, v in sums.items() if not k.startswith("_") and k != "entropy"}
@@ -152,4 +163,7 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch, step: int) -> dict[st
     out["train/grad_norm"] = sum(norms) / len(norms)
     out["train/skipped_steps"] = float(skipped)
     out["train/lr"] = ctx.scheduler.get_last_lr()[0]
+    if ctx.critic is not None:
+        out["critic/grad_norm"] = sum(critic_norms) / len(critic_norms)
+        out["critic/policy_frozen"] = float(freeze)
     return out

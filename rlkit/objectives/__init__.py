@@ -3,8 +3,9 @@
 Importing this package registers the built-in objectives in ``rlkit.registry.OBJECTIVES``.
 """
 
-from rlkit.objectives import mean  # noqa: F401  (registers "mean")
+from rlkit.objectives import max_at_k, mean  # noqa: F401  (register "max_at_k", "mean")
+from rlkit.objectives.max_at_k import MaxAtKObjective
 from rlkit.objectives.mean import MeanObjective
 from rlkit.plugin_api import Objective
 
-__all__ = ["MeanObjective", "Objective"]
+__all__ = ["MaxAtKObjective", "MeanObjective", "Objective"]

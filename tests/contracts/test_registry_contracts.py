@@ -13,6 +13,7 @@ from rlkit.rewards import check_signature
 
 load_builtins()
 CONTEXT = {"max_len": 5, "total_steps": 10, "group_size": 4}
+REQUIRED = {("objective", "max_at_k"): {"k": 2}}     # options without a default
 ENTRIES = [(kind, name) for kind, reg in REGISTRIES.items() for name in reg.names()]
 
 
@@ -29,12 +30,14 @@ def make_batch(N: int = 8, T: int = 5) -> RolloutBatch:
     batch.raw_rewards = batch.rewards.clone()
     batch.old_logprobs, batch.ref_logprobs = logp.clone(), (logp - 0.1) * mask
     batch.entropy = torch.rand(N, T, generator=gen) * mask
+    batch.values = torch.rand(N, T, generator=gen) * mask
+    batch.returns = torch.rand(N, T, generator=gen) * mask
     return batch
 
 
 def build(kind, name):
     reg = REGISTRIES[kind]
-    return reg.build(name, {}, **CONTEXT) if kind != "rollout" else None
+    return reg.build(name, REQUIRED.get((kind, name), {}), **CONTEXT) if kind != "rollout" else None
 
 
 @pytest.mark.parametrize("kind,name", ENTRIES)
@@ -60,7 +63,8 @@ def test_builds_with_defaults_and_masks(kind, name):
         assert w.shape == mask.shape and torch.all(w[~mask] == 0) and w.min() >= 0 and w.max() <= 1
     elif kind == "loss":
         batch.advantages = (batch.rewards[:, None] - 0.5) * mask
-        micro = MicroBatch(batch=batch, logprobs=batch.old_logprobs.clone().requires_grad_(), entropy=batch.entropy)
+        micro = MicroBatch(batch=batch, logprobs=batch.old_logprobs.clone().requires_grad_(), entropy=batch.entropy,
+                           values=(batch.values + 0.1).requires_grad_())
         loss, metrics = plugin(micro)
         assert loss.shape == mask.shape and torch.all(loss[~mask] == 0)
     elif kind == "aggregation":
