@@ -1,4 +1,5 @@
-"""``rlkit`` command line: train | validate | show | list | sft | tiny-model | make-data | plot | rollout-server.
+"""``rlkit`` command line: train | validate | show | list | sft | tiny-model | make-data | eval | plot |
+rollout-server.
 
 Runs as ``rlkit train RECIPE [dotted.key=value ...]`` or under ``accelerate launch -m rlkit.cli train RECIPE``.
 """
@@ -112,6 +113,19 @@ def _cmd_sft(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from rich.console import Console
+
+    from rlkit.eval_at_k import format_report, run_eval, summary_line
+    report = run_eval(args)
+    print(summary_line(report))
+    Console(width=max(Console().width, 100)).print(format_report(report))
+    if report["unscored"]:
+        print(f"note: {report['unscored']} sample(s) could not be scored (every reward function failed)")
+    print(f"JSON: {report['json']}")
+    return 0
+
+
 def _cmd_plot(args) -> int:
     from rlkit.plot import plot_run
     for path in plot_run(args.run_dir):
@@ -171,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--answer-column", default="answer")
     sf.add_argument("--seed", type=int, default=0)
     sf.set_defaults(fn=_cmd_sft)
+    ev = sub.add_parser("eval", help="n samples per held-out prompt: mean reward, pass@k and max@k for several k")
+    ev.add_argument("source", help="recipe YAML, run directory, or checkpoint directory")
+    ev.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the recipe")
+    ev.add_argument("--n", type=int, default=16, help="samples per prompt")
+    ev.add_argument("--k", default="1,2,4,8,16", help="comma-separated k values (each <= n)")
+    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--max-new-tokens", type=int, default=None)
+    ev.add_argument("--max-prompts", type=int, default=500)
+    ev.add_argument("--model", default=None, help="evaluate this model instead of the source's")
+    ev.add_argument("--data", default=None, help="prompt file instead of the recipe's data.eval")
+    ev.add_argument("--engine", default=None, help="rollout engine (hf, vllm, auto); default: the recipe's")
+    ev.add_argument("--json", default=None, help="report path (default: RUN_DIR/eval_at_k.json or ./eval_at_k.json)")
+    ev.set_defaults(fn=_cmd_eval)
     pl = sub.add_parser("plot", help="write PNG curves (reward, accuracy, KL) of a run directory")
     pl.add_argument("run_dir")
     pl.set_defaults(fn=_cmd_plot)

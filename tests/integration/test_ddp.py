@@ -49,3 +49,30 @@ def test_two_processes_match_one(tiny_model_dir, arith_data, tmp_path):
     assert any(not torch.allclose(init[k], p1[k], atol=1e-4) for k in p1), "parameters did not move"
     for k in p1:
         assert torch.allclose(p1[k], p2[k], atol=1e-5), (k, (p1[k] - p2[k]).abs().max().item())
+
+
+def test_critic_trains_under_ddp_like_one_process(tiny_model_dir, arith_data, tmp_path):
+    """PPO-GAE with a separate critic: 2 processes give the policy and critic of 1 process (whitening off, since
+    it is per process)."""
+    runs = {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        cfg = recipe_dict(tiny_model_dir, arith_data, out, steps=2, prompts_per_step=4, micro_batch_size=3,
+                          mini_batches=2, adam_eps=1e-4)
+        cfg["advantage"] = {"name": "gae", "whiten": False, "lam": 0.9}
+        cfg["losses"] = [{"name": "ppo_clip"}, {"name": "value", "clip": 0.5}]
+        cfg["critic"] = {"lr": 1e-3, "adam_eps": 1e-4}
+        cfg["aggregation"] = "seq_mean_token_sum"
+        (tmp_path / f"r{procs}.yaml").write_text(yaml.safe_dump(cfg))
+        _launch(tmp_path / f"r{procs}.yaml", procs)
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        steps = [r for r in rows if "loss/total" in r]
+        runs[procs] = ({k: [r[k] for r in steps] for k in ("loss/total", "loss/value_loss")},
+                       load_file(str(out / "final/critic.safetensors")))
+    (m1, c1), (m2, c2) = runs[1], runs[2]
+    assert min(m1["loss/value_loss"]) > 1e-4
+    for key in m1:
+        assert m2[key] == pytest.approx(m1[key], abs=1e-5), key
+    assert any(c1[k].abs().sum() > 0 for k in c1 if "value_head" in k)     # the zero-initialised head moved
+    for k in c1:
+        assert torch.allclose(c1[k], c2[k], atol=1e-5), (k, (c1[k] - c2[k]).abs().max().item())
