@@ -112,6 +112,8 @@ class TrainConfig(Strict):
     eval_at_start: bool = Field(False, description="held-out eval before the first step")
     eval_at_end: bool = Field(True, description="held-out eval after the last step (needs data.eval)")
     max_nan_steps: int = Field(0, ge=0, description="consecutive non-finite losses tolerated (skipped) before stopping")
+    mask_truncated: bool = Field(False, description="completions cut at rollout.max_new_tokens leave the loss "
+                                                    "(TRL mask_truncated_completions; DAPO overlong filtering)")
 
 
 class CriticConfig(Strict):

@@ -91,7 +91,8 @@ def evaluate_at_k(engine, prompts: list, rewards, tokenizer, *, n: int, ks: list
     texts = tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
     flat = [p for p in prompts for _ in range(n)]
     columns = stack_columns(flat)
-    result = rewards.score([p.prompt for p in flat], texts, columns)
+    result = rewards.score([p.prompt for p in flat], texts, columns,
+                           completion_ids=[c.token_ids for c in completions])
     per_prompt = []
     for i, p in enumerate(prompts):
         part = slice(i * n, (i + 1) * n)

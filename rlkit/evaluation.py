@@ -26,7 +26,7 @@ def evaluate(accelerator, engine, prompts: list, rewards, tokenizer, params: Sam
         comps = engine.generate([p.prompt_ids for p in mine], seeds, params)
         texts = tokenizer.batch_decode([c.token_ids for c in comps], skip_special_tokens=True)
         columns = stack_columns(mine)
-        result = rewards.score([p.prompt for p in mine], texts, columns)
+        result = rewards.score([p.prompt for p in mine], texts, columns, completion_ids=[c.token_ids for c in comps])
         success = torch.where(torch.isnan(result.success), (result.rewards > 0).float(), result.success)   # [n]
         scored = ~torch.isnan(result.rewards)                                                               # [n]
         totals.update(n=float(len(mine)), success=float(torch.nan_to_num(success).sum()),

@@ -4,7 +4,8 @@ Two signatures are accepted, recognised from the parameter names with ``inspect.
 
 * TRL-style batch: ``fn(completions, prompts=None, **dataset_columns) -> list`` -- any function with a
   ``completions`` parameter. It gets the keywords it names (or everything, with ``**kwargs``): ``completions``
-  and ``prompts`` (lists of N strings) and each dataset column (a list of N values, e.g. ``answer``).
+  and ``prompts`` (lists of N strings), ``completion_ids`` (N lists of generated token ids, as TRL passes them)
+  and each dataset column (a list of N values, e.g. ``answer``).
 * verl-style per sample: ``compute_score(data_source, solution_str, ground_truth, extra_info=None)`` -- any
   function with ``solution_str`` and ``ground_truth``. ``ground_truth`` is the ``answer_column`` value,
   ``data_source`` the ``data_source`` column (else ``default_data_source``), ``extra_info`` a dict of the
@@ -54,7 +55,8 @@ from rlkit.registry import REWARDS, PluginError, closest
 logger = logging.getLogger("rlkit.rewards")
 
 BATCH, PER_SAMPLE = "batch", "per_sample"
-FILLED = frozenset({"completions", "prompts", "solution_str", "ground_truth", "data_source", "extra_info"})
+FILLED = frozenset({"completions", "prompts", "completion_ids", "solution_str", "ground_truth", "data_source",
+                    "extra_info"})
 MAX_CONSECUTIVE_TIMEOUTS = 3
 SIGNATURES = ("fn(completions, prompts=None, **columns) -> list  (TRL-style, one call per batch), or "
               "compute_score(data_source, solution_str, ground_truth, extra_info=None)  (verl-style, per sample)")
@@ -163,7 +165,7 @@ def _missing_columns(rf: RewardFunction, columns: Iterable[str], answer_column: 
     have = set(columns)
     if rf.style == PER_SAMPLE:
         return [] if answer_column in have else [answer_column]
-    return [n for n in rf.required() if n not in have | {"completions", "prompts"}]
+    return [n for n in rf.required() if n not in have | {"completions", "prompts", "completion_ids"}]
 
 
 def validate(specs: list[RewardSpec], columns: Iterable[str] | None = None,
@@ -344,25 +346,31 @@ class RewardManager:
                                     f"dataset lacks (columns: {', '.join(sorted(columns)) or '(none)'}); set "
                                     f"data.answer_column or add the column")
 
-    def score(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> RewardResult:
-        """Score N completions; ``columns`` maps each dataset column to its N values."""
+    def score(self, prompts: list[str], completions: list[str], columns: dict[str, list],
+              completion_ids: list[list[int]] | None = None) -> RewardResult:
+        """Score N completions; ``columns`` maps each dataset column to its N values; ``completion_ids`` are the
+        generated token ids (for length-based rewards such as ``overlong_penalty``)."""
         t0 = time.perf_counter()
         n = len(completions)
         bad = {k: len(v) for k, v in {"prompts": prompts, **columns}.items() if len(v) != n}
         if bad:
             raise ValueError(f"reward inputs disagree in length: {n} completions but {bad}")
         self.check_columns(columns)
-        outcomes = [self._score_function(rf, prompts, completions, columns) for rf in self.functions]
+        outcomes = [self._score_function(rf, prompts, completions, columns, completion_ids) for rf in self.functions]
         result = self._combine(outcomes, n)
         result.metrics["time_s"] = time.perf_counter() - t0
         return result
 
     def _score_function(self, rf: RewardFunction, prompts: list[str], completions: list[str],
-                        columns: dict[str, list]) -> _Outcome:
+                        columns: dict[str, list], completion_ids: list[list[int]] | None = None) -> _Outcome:
         n = len(completions)
         out = _Outcome(n, self.failure_value)
         if rf.style == BATCH:
             data = {**columns, "prompts": list(prompts), "completions": list(completions)}
+            if completion_ids is not None:
+                data["completion_ids"] = [list(ids) for ids in completion_ids]
+            elif "completion_ids" in rf.required():
+                raise RewardFailure(f"reward '{rf.name}' needs completion_ids, which this caller does not provide")
             _score_batch(rf, {k: list(v) for k, v in data.items() if rf.accepts(k)}, n, self.timeout_s, out)
         else:
             _run_each(rf, n, lambda i: self._sample_kwargs(rf, i, completions, columns), lambda r: r,

@@ -54,14 +54,20 @@ def score(s: Session, batch: RolloutBatch) -> dict[str, float]:
 def rollout_phase(s: Session, step: int, position: int) -> tuple[RolloutBatch, dict[str, float]]:
     """Prompts -> sampler rounds -> engine -> rewards -> RolloutBatch for ``step`` (this process's share)."""
     cfg, acc = s.cfg, s.accelerator
-    per_rank = cfg.train.prompts_per_step // acc.num_processes
-    first = position + acc.process_index * per_rank
-    prompts = s.train_prompts.batch(first, per_rank)
+    draw = s.plugins.sampler.prompts_needed(cfg.train.prompts_per_step // acc.num_processes)
+    first = position + acc.process_index * draw
+    prompts = s.train_prompts.batch(first, draw)
     ctx = RolloutContext(s.engine, s.plugins.sampler, s.rewards, s.tokenizer, s.sampling, cfg.rollout.n,
                          cfg.train.seed)
-    batch, metrics = collect_rollouts(ctx, prompts, list(range(first, first + per_rank)), step,
+    batch, metrics = collect_rollouts(ctx, prompts, list(range(first, first + draw)), step,
                                       s.tokenizer.pad_token_id)
     return batch, metrics | rollout_metrics(batch)
+
+
+def prompts_drawn(s: Session) -> int:
+    """Prompts one step takes from the data stream over all processes (the sampler may oversample)."""
+    world = s.accelerator.num_processes
+    return s.plugins.sampler.prompts_needed(s.cfg.train.prompts_per_step // world) * world
 
 
 def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext,
@@ -73,7 +79,7 @@ def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext,
     metrics["rollout/staleness"] = 1.0 if ready is not None else 0.0
     times["rollout"] = time.perf_counter()
     if cfg.rollout.max_staleness and step + 1 < cfg.train.steps:
-        prefetch.start(step + 1, rollout_phase, s, step + 1, position + cfg.train.prompts_per_step)
+        prefetch.start(step + 1, rollout_phase, s, step + 1, position + prompts_drawn(s))
     else:
         s.engine.release()
     batch.rewards = p.objective(batch.raw_rewards, batch.group_ids)
@@ -82,6 +88,9 @@ def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext,
     times["advantage"] = time.perf_counter()
     batch.advantages, adv_metrics = p.advantage(batch)
     batch.token_weights, sel_metrics = p.selection(batch, progress=step / cfg.train.steps)
+    if cfg.train.mask_truncated:   # TRL's mask_truncated_completions: cut-off answers leave the loss
+        batch.token_weights = batch.token_weights * (~batch.truncated)[:, None]
+        sel_metrics["truncated_masked_frac"] = batch.truncated.float().mean().item()
     metrics.update(_prefixed("advantage", adv_metrics) | _prefixed("selection", sel_metrics))
     times["train"] = time.perf_counter()
     metrics.update(policy_update(update_ctx, batch, step))
@@ -191,7 +200,7 @@ def _run(s: Session) -> dict[str, float]:
     try:
         while step < t.steps:
             metrics, batch = rl_step(s, step, position, update_ctx, prefetch)
-            step, position = step + 1, position + t.prompts_per_step
+            step, position = step + 1, position + prompts_drawn(s)
             metrics = finish_step(s, step, metrics)
             if step % t.log_every == 0 or step == t.steps:
                 logger.log(step, metrics)

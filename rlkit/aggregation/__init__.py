@@ -6,16 +6,18 @@ Importing this package registers the built-in modes in ``rlkit.registry.AGGREGAT
 """
 
 from rlkit.aggregation import (  # noqa: F401  (each module registers its mode)
+    delta_l,
     seq_mean_token_mean,
     seq_mean_token_sum,
     seq_mean_token_sum_norm,
     token_mean,
 )
+from rlkit.aggregation.delta_l import DeltaL
 from rlkit.aggregation.seq_mean_token_mean import SeqMeanTokenMean
 from rlkit.aggregation.seq_mean_token_sum import SeqMeanTokenSum
 from rlkit.aggregation.seq_mean_token_sum_norm import SeqMeanTokenSumNorm
 from rlkit.aggregation.token_mean import TokenMean
 from rlkit.plugin_api import Aggregation, AggregationPlan
 
-__all__ = ["Aggregation", "AggregationPlan", "SeqMeanTokenMean", "SeqMeanTokenSum", "SeqMeanTokenSumNorm",
+__all__ = ["Aggregation", "AggregationPlan", "DeltaL", "SeqMeanTokenMean", "SeqMeanTokenSum", "SeqMeanTokenSumNorm",
            "TokenMean"]

@@ -337,3 +337,8 @@ from rlkit.functional.advantages import (adaptive_kl_coef, beta_norm_advantages,
                                          reinforce_pp_advantages, rloo_advantages, token_rewards, whiten)
 from rlkit.functional.max_at_k import (MAX_AT_K_BASELINES, max_at_k_advantages, max_at_k_estimate,  # noqa: E402, F401
                                        max_at_k_offpolicy_rewards, max_at_k_rewards, pass_at_k)
+from rlkit.functional.delta_l import plan_delta_l  # noqa: E402
+
+AGGREGATION_MODES["delta_l"] = plan_delta_l   # aggregate(loss, mask, "delta_l", max_len=M, alpha=0.75)
+from rlkit.functional.selection import (cosine_schedule, d3s_keep_count, d3s_select_samples,  # noqa: E402, F401
+                                        d3s_select_tokens, linear_schedule)

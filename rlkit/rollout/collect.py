@@ -44,7 +44,8 @@ def _run_round(ctx: RolloutContext, pool: RolloutPool, counts: list[int], group_
     texts = ctx.tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
     prompts = [pool.prompts[p] for p in req_prompt]
     columns = stack_columns(prompts)
-    result = ctx.rewards.score([pr.prompt for pr in prompts], texts, columns)
+    result = ctx.rewards.score([pr.prompt for pr in prompts], texts, columns,
+                               completion_ids=[c.token_ids for c in completions])
     timing["generate"] += t1 - t0
     timing["reward"] += time.perf_counter() - t1
     round_no = max(pool.round_index, default=-1) + 1
@@ -80,6 +81,7 @@ def collect_rollouts(ctx: RolloutContext, prompts: list, group_ids: list[int], s
     metrics = {"rollout/generated": float(generated), "rollout/rounds": float(rounds),
                "time/generate": timing["generate"], "time/reward": timing["reward"]}
     metrics.update({f"reward/{k}": v / (generated if k.endswith("/mean") else 1) for k, v in reward_stats.items()})
+    metrics.update({f"sampler/{k}": v for k, v in ctx.sampler.step_metrics().items()})
     return batch, metrics
 
 

@@ -2,6 +2,8 @@
 
 Protocol for one step (the trainer calls these in order, never testing the sampler's name):
 
+0. ``prompts_needed(target) -> int`` -- how many candidate prompts to draw for a step that trains on ``target``
+   prompts (default ``target``; ``dynamic`` oversamples); the data position advances by that many;
 1. ``allocate(prompts, group_size) -> counts`` -- completions per prompt for round 0 (0 = skip the prompt);
 2. after every round the trainer appends completions and rewards to a :class:`RolloutPool` and calls
    ``next_round(pool) -> counts``; all zeros (or an empty list) ends the rollout phase;
@@ -45,6 +47,10 @@ class RolloutPool:
 
 
 class Sampler(Plugin):
+    def prompts_needed(self, target: int) -> int:
+        """Candidate prompts to draw for a step that should train on ``target`` prompts (per process)."""
+        return target
+
     def allocate(self, prompts: list, group_size: int) -> list[int]:
         raise NotImplementedError
 
@@ -54,8 +60,12 @@ class Sampler(Plugin):
     def finalize(self, pool: RolloutPool) -> list[int]:
         return list(range(len(pool.completions)))
 
+    def step_metrics(self) -> dict[str, float]:
+        """Metrics of the rollout phase that just finalized (logged as ``sampler/<name>``)."""
+        return {}
+
     def update(self, batch, step: int) -> dict[str, float]:
         return {}
 
 
-from rlkit.samplers import fixed  # noqa: E402,F401  (registers built-ins)
+from rlkit.samplers import dynamic, fixed  # noqa: E402,F401  (registers built-ins)

@@ -64,3 +64,25 @@ def test_aggregation_split_invariance(case):
         assert abs(split.item() - full.item()) < 1e-6, name
         if not (weights > 0).any():
             assert full.item() == 0.0, name
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches(), st.floats(0.05, 1.0), st.floats(0.2, 1.0))
+def test_split_invariance_with_d3s_masks(case, token_ratio, sample_ratio):
+    """The same property when the token weights are a D³S selection (dropped samples and tokens)."""
+    loss, weights, world, micro = case
+    N, T = loss.shape
+    gen = torch.Generator().manual_seed(N * 31 + T)
+    mask = weights > 0                                                                      # [N, T]
+    adv = torch.randn(N, generator=gen)                                                     # [N]
+    entropy = torch.rand(N, T, generator=gen)                                               # [N, T]
+    rows = F.d3s_select_samples(adv, torch.zeros(N, dtype=torch.long), F.d3s_keep_count(sample_ratio, N)) \
+        if N >= 2 else torch.ones(N, dtype=torch.bool)
+    d3s = F.d3s_select_tokens(adv, entropy, mask & rows[:, None], token_ratio).double()     # [N, T]
+    lengths = (d3s > 0).sum(-1)
+    for name in AGGREGATIONS.names():
+        plan = AGGREGATIONS.build(name, {}).plan(lengths, torch.arange(N) // 2, T)
+        full = _shard_sum(loss, d3s, plan.coef, plan.normalizer, 0, N)
+        split = sum(_shard_sum(loss, d3s, plan.coef, plan.normalizer, lo + a, lo + b)
+                    for (lo, hi), cuts in zip(zip(world[:-1], world[1:]), micro) for a, b in zip(cuts[:-1], cuts[1:]))
+        assert abs(float(split) - full.item()) < 1e-6, name
