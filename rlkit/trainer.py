@@ -87,6 +87,7 @@ def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext,
     metrics.update(score(s, batch))
     times["advantage"] = time.perf_counter()
     batch.advantages, adv_metrics = p.advantage(batch)
+    times["select"] = time.perf_counter()
     batch.token_weights, sel_metrics = p.selection(batch, progress=step / cfg.train.steps)
     if cfg.train.mask_truncated:   # TRL's mask_truncated_completions: cut-off answers leave the loss
         batch.token_weights = batch.token_weights * (~batch.truncated)[:, None]
@@ -100,6 +101,8 @@ def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext,
     end = time.perf_counter()
     metrics.update({"time/rollout_wait": times["rollout"] - times["start"],
                     "time/score": times["advantage"] - times["score"], "time/train": times["update"] - times["train"],
+                    "time/advantage": times["select"] - times["advantage"],
+                    "time/selection": times["train"] - times["select"],
                     "time/wait_prefetch": end - times["update"], "time/step": end - times["start"]})
     return metrics, batch
 

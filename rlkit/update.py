@@ -8,7 +8,8 @@ with ``(coef, Z_j) = aggregation.plan(lengths of B_j, ...)`` computed on the gat
 back-propagates ``world_size * (its share of L_j)`` per micro-batch, summed without averaging over micro-batches;
 DDP's gradient average over processes then yields exactly grad L_j -- independent of micro-batch size, gradient
 accumulation and world size. Mini-batch membership is a seeded permutation of *global* completion indices, so the
-same completions form mini-batch j whatever the world size.
+same completions form mini-batch j whatever the world size. Rows without any trained token (dropped by a
+selection plug-in, or empty) are planned with the others but skip the forward/backward: they add exactly 0.
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch, step: int) -> dict[st
         for j in range(ctx.mini_batches):
             rows = batch.select(torch.nonzero(assign == j).squeeze(-1))
             coef, Z = _plan_local(ctx, rows)
+            active = torch.nonzero(rows.token_weights.sum(-1) > 0).squeeze(-1)   # rows a selection dropped add 0
+            rows, coef = rows.select(active), coef[active]                      # to loss and gradient: skip them
             n_micro = max(1, math.ceil(len(rows) / ctx.micro_batch_size))
             counts = gather_lists(acc, [n_micro])
             n_micro_all = max(c[0] for c in counts)   # every process does the same number of backward calls

@@ -2,46 +2,19 @@
 steps); PPO-GAE's value loss goes down; `rlkit eval` reports pass@k / max@k consistent with its own counts."""
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from rlkit.functional import max_at_k_estimate, pass_at_k
+from tests.integration.conftest import overrides as _overrides
+from tests.integration.conftest import rlkit as _rlkit
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 RECIPES = ["bnpo_quickstart", "rloo_quickstart", "reinforce_pp_quickstart", "ppo_gae_quickstart",
            "max_at_k_quickstart"]
-
-
-def _rlkit(*args: str, cwd: Path = ROOT) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "rlkit.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=800)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc.stdout
-
-
-@pytest.fixture(scope="module")
-def warm_start(tmp_path_factory):
-    """The quickstart's SFT model and data (imperfect teacher: ~62% held-out accuracy before RL)."""
-    tmp = tmp_path_factory.mktemp("qs")
-    _rlkit("tiny-model", str(tmp / "init"), "--size", "tiny", "--seed", "0")
-    _rlkit("make-data", "arithmetic", str(tmp / "data"), "--train", "650", "--eval", "250", "--difficulties",
-           "2", "--b-digits", "1", "--ops", "+", "--teacher-error", "0.8", "--seed", "0")
-    _rlkit("sft", "--model", str(tmp / "init"), "--data", str(tmp / "data/train.jsonl"),
-           "--answer-column", "teacher_answer", "--output", str(tmp / "sft"), "--steps", "600", "--seed", "0")
-    return tmp
-
-
-def _overrides(tmp: Path, out: Path) -> list[str]:
-    return [f"model.name_or_path={tmp / 'sft'}", f"data.train={tmp / 'data/train.jsonl'}",
-            f"data.eval={tmp / 'data/eval.jsonl'}", f"train.output_dir={out}", "rollout.engine=hf",
-            "train.steps=40", "train.eval_every=0", "train.save_every=20", "train.sample_every=0"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
