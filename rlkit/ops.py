@@ -68,6 +68,28 @@ def group_mean_std(values: torch.Tensor, group_ids: torch.Tensor, *,
     return mean[inverse], var.sqrt()[inverse], n_valid.long()[inverse]  # [N], [N], [N]
 
 
+def sort_within_groups(values: torch.Tensor, group_ids: torch.Tensor, *, descending: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Order rows group by group (ascending id), by value within a group, stably (ties keep index order).
+
+    Args:
+        values: [N] float.  group_ids: [N] long, arbitrary ids.  descending: sort values high to low.
+
+    Returns:
+        order: [N] long, row indices in that order.
+        slot: [N] long, group slot (0..G-1) of ``order[k]``.
+        pos: [N] long, rank of ``order[k]`` inside its group (0 = first).
+        counts: [G] long, rows per group.
+    """
+    _, inverse = torch.unique(group_ids, return_inverse=True)  # [G], [N]
+    counts = torch.bincount(inverse)  # [G]
+    by_value = torch.sort(values, descending=descending, stable=True).indices  # [N]
+    order = by_value[torch.argsort(inverse[by_value], stable=True)]  # [N]
+    slot = inverse[order]  # [N]
+    pos = torch.arange(values.numel(), device=values.device) - (torch.cumsum(counts, 0) - counts)[slot]  # [N]
+    return order, slot, pos, counts
+
+
 def group_min_max(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group min and max of the non-NaN ``values`` [N], broadcast back to rows -> ([N], [N]).
 

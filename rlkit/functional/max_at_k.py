@@ -85,8 +85,8 @@ def _sort_groups(rewards: torch.Tensor, group_ids: torch.Tensor, k: int, *, max_
     r = rewards.detach().to(torch.float64)  # [N]
     if torch.isnan(r).any():
         raise ValueError("max@k: rewards contain NaN; score or drop those completions first")
-    uniq, inverse = torch.unique(group_ids, return_inverse=True)  # [G], [N]
-    counts = torch.bincount(inverse, minlength=uniq.numel())  # [G]
+    uniq = torch.unique(group_ids)  # [G]
+    order, slot, pos, counts = ops.sort_within_groups(r, group_ids)  # [N], [N], [N], [G]
     limit = k + 1 if max_k_below_n else k
     bad = (counts < limit).nonzero().flatten().tolist()
     if bad:
@@ -95,11 +95,6 @@ def _sort_groups(rewards: torch.Tensor, group_ids: torch.Tensor, k: int, *, max_
             raise ValueError(f"max@k: baseline 'loo' needs k <= n - 1, but k={k} and group {gid}'s size is n={size}; "
                              f"use a smaller k or baseline 'loo1'")
         raise ValueError(f"max@k: k={k} is larger than group {gid}'s size n={size}; use k <= rollout.n")
-    by_reward = torch.argsort(r, stable=True)  # [N]
-    order = by_reward[torch.argsort(inverse[by_reward], stable=True)]  # [N], grouped, ascending within group
-    slot = inverse[order]  # [N]
-    starts = torch.cumsum(counts, 0) - counts  # [G]
-    pos = torch.arange(r.numel(), device=r.device) - starts[slot]  # [N]
     width = int(counts.max()) if counts.numel() else 0
     return _Groups(r[order], order, slot, pos, counts[slot], (uniq.numel(), width))
 

@@ -37,6 +37,7 @@ import math
 
 import torch
 
+from rlkit import ops
 from rlkit.functional import check_choice
 
 D3S_MODES = ("cross", "intra")
@@ -90,15 +91,12 @@ def d3s_select_samples(advantages: torch.Tensor, group_ids: torch.Tensor, keep: 
     if torch.isnan(x).any():
         raise ValueError("d3s_select_samples: advantages contain NaN; drop or zero those completions first")
     ids = group_ids if mode == "intra" else torch.zeros_like(group_ids)  # [N]
-    uniq, inverse = torch.unique(ids, return_inverse=True)  # [G], [N]
-    counts = torch.bincount(inverse, minlength=uniq.numel())  # [G]
-    if x.numel() == 0 or keep >= int(counts.max()):
+    if x.numel() == 0:
         return torch.ones(x.shape, dtype=torch.bool, device=x.device)  # [N]
-    m, G, W = keep, uniq.numel(), int(counts.max())  # m < W
-    by_value = torch.sort(x, descending=True, stable=True).indices  # [N]
-    order = by_value[torch.argsort(inverse[by_value], stable=True)]  # [N], by group, A descending, index
-    slot = inverse[order]  # [N]
-    pos = torch.arange(x.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[slot]  # [N]
+    order, slot, pos, counts = ops.sort_within_groups(x, ids, descending=True)  # by group, A descending, index
+    if keep >= int(counts.max()):
+        return torch.ones(x.shape, dtype=torch.bool, device=x.device)  # [N]
+    m, G, W = keep, counts.numel(), int(counts.max())  # m < W
     dense = x.new_zeros(G, W)  # [G,W], sorted, zero padded
     dense[slot, pos] = x[order]
     n = counts[:, None]  # [G,1]
