@@ -342,3 +342,6 @@ from rlkit.functional.delta_l import plan_delta_l  # noqa: E402
 AGGREGATION_MODES["delta_l"] = plan_delta_l   # aggregate(loss, mask, "delta_l", max_len=M, alpha=0.75)
 from rlkit.functional.selection import (cosine_schedule, d3s_keep_count, d3s_select_samples,  # noqa: E402, F401
                                         d3s_select_tokens, linear_schedule)
+from rlkit.functional.gvm import gvm_allocation  # noqa: E402, F401
+from rlkit.functional.reinforce_ada import (reinforce_ada_advantages, reinforce_ada_exit,  # noqa: E402, F401
+                                            reinforce_ada_select)
