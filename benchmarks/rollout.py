@@ -22,10 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from step_time import _overrides, run_case  # noqa: E402
+from step_time import _overrides, run_case, small_base, small_setup  # noqa: E402
 
-from rlkit.tasks import write_task  # noqa: E402
-from rlkit.tiny_model import build_tiny_model  # noqa: E402
 
 
 def main() -> None:
@@ -39,12 +37,8 @@ def main() -> None:
     ap.add_argument("--json", default=str(ROOT / "runs" / "bench" / "rollout.json"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rlkit-rollout-"))
-    data = write_task("arithmetic", tmp / "data", train=2000, eval=100, seed=0, difficulties=(2,), ops="+")
-    model = build_tiny_model(tmp / "small", size="small")
-    base = {"model": {"name_or_path": str(model)}, "data": {"train": "x"},
-            "reward": {"functions": [{"name": "exact_match"}]},
-            "rollout": {"n": 8, "max_new_tokens": args.max_new_tokens, "temperature": 1.0},
-            "train": {"prompts_per_step": 32, "micro_batch_size": 16, "lr": 1e-5}}
+    model, data = small_setup(tmp)
+    base = small_base(model, args.max_new_tokens)
     results = []
     for engine in args.engines:
         out = tmp / f"run_{engine}"

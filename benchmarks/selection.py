@@ -1,8 +1,8 @@
 """D³S at the start of a run: training time saved per step, and what the selection itself costs.
 
 The `small` model (~12M parameters), 32 prompts x 8 samples x up to 64 new tokens, hf engine, on this machine.
-Two cases over the same steps early in a long run (progress ~ 0, where D³S is most aggressive: 50% of the
-samples, 20% of their tokens with the rlkit default schedule):
+Two cases, D³S pinned to the start of its schedule (where it is most aggressive: 50% of the samples, 20% of
+their tokens with the rlkit defaults):
 
   grpo   selection: all
   d3s    selection: d3s (mode cross; needs the old-policy entropy, which the scoring pass then computes)
@@ -29,48 +29,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from step_time import _overrides  # noqa: E402
+from step_time import _overrides, small_base, small_setup  # noqa: E402
 
 from rlkit.config import load_config  # noqa: E402
-from rlkit.tasks import write_task  # noqa: E402
-from rlkit.tiny_model import build_tiny_model  # noqa: E402
 from rlkit.trainer import train  # noqa: E402
 
 KEYS = ("train", "selection", "score", "step")
+# D3S's rlkit default schedule starts at 50% of the samples and 20% of their tokens; pinning both ratios to those
+# start values measures the beginning of a run without running a long one.
+D3S_AT_START = ["selection.name=d3s", "selection.sample_ratio=0.5", "selection.token_ratio=0.2"]
 
 
 def run(name: str, model: Path, data: dict, out: Path, steps: int, extra: list[str]) -> dict:
-    base = {"model": {"name_or_path": str(model)}, "data": {"train": "x"},
-            # a random model never gets an arithmetic answer right; "starts with a digit" gives every step a
-            # reward signal, so D3S has non-zero advantages to select on (with none it keeps everything)
-            "reward": {"functions": [{"name": "format", "kwargs": {"pattern": "^[0-9]"}}]},
-            "rollout": {"engine": "hf", "n": 8, "max_new_tokens": 64, "temperature": 1.0},
-            "train": {"prompts_per_step": 32, "micro_batch_size": 16, "lr": 1e-5}}
-    # train.steps=200 keeps progress ~ 0 for the measured steps: D3S's schedule is still at its start values
-    cfg = load_config(None, _overrides(model, data, out, 200, extra) + ["train.steps=200"], base=base)
-    cfg.train.steps = 200
-    rows_needed = steps + 1
-
-    class Stop(Exception):
-        pass
-
-    import rlkit.trainer as trainer_mod
-    original = trainer_mod.finish_step
-
-    def finish(s, version, metrics):
-        result = original(s, version, metrics)
-        if version >= rows_needed:
-            raise Stop
-        return result
-
-    trainer_mod.finish_step = finish
-    try:
-        train(cfg)
-    except Stop:
-        pass
-    finally:
-        trainer_mod.finish_step = original
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][1:rows_needed]
+    # a random model never gets an arithmetic answer right; "starts with a digit" gives every step a reward
+    # signal, so D3S has non-zero advantages to select on (with none it keeps everything)
+    base = small_base(model, 64, reward={"name": "format", "kwargs": {"pattern": "^[0-9]"}}, engine="hf")
+    train(load_config(None, _overrides(model, data, out, steps + 1, extra), base=base))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][1:]   # drop the warm-up step
     mean = {k: statistics.fmean(r[f"time/{k}"] for r in rows) for k in KEYS}
     return {"case": name, **{f"{k}_s": v for k, v in mean.items()},
             "token_frac": statistics.fmean(r.get("selection/token_frac", 1.0) for r in rows),
@@ -84,10 +59,9 @@ def main() -> None:
     ap.add_argument("--json", default=str(ROOT / "runs" / "bench" / "selection.json"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rlkit-selection-"))
-    data = write_task("arithmetic", tmp / "data", train=2000, eval=100, seed=0, difficulties=(2,), ops="+")
-    model = build_tiny_model(tmp / "small", size="small")
+    model, data = small_setup(tmp)
     results = [run("grpo", model, data, tmp / "grpo", args.steps, []),
-               run("d3s", model, data, tmp / "d3s", args.steps, ["selection.name=d3s"])]
+               run("d3s", model, data, tmp / "d3s", args.steps, D3S_AT_START)]
     cols = ["case", "train_s", "selection_s", "score_s", "step_s", "sample_frac", "token_frac", "selection_share"]
     print(" | ".join(cols))
     for r in results:

@@ -34,6 +34,21 @@ def _overrides(model: Path, data: dict, out: Path, steps: int, extra: list[str])
             "train.sample_every=0", "train.save_every=0", "train.resume=never", "logging.tensorboard=false", *extra]
 
 
+def small_setup(tmp: Path) -> tuple[Path, dict]:
+    """The `small` model (~12M) and the 2-digit addition data that the rollout and selection benchmarks share."""
+    data = write_task("arithmetic", tmp / "data", train=2000, eval=100, seed=0, difficulties=(2,), ops="+")
+    return build_tiny_model(tmp / "small", size="small"), data
+
+
+def small_base(model: Path, max_new_tokens: int, *, reward: dict | None = None, micro_batch_size: int = 16,
+               **rollout) -> dict:
+    """The benchmark recipe: 32 prompts x 8 samples on ``model`` (data paths come from ``_overrides``)."""
+    return {"model": {"name_or_path": str(model)}, "data": {"train": "x"},
+            "reward": {"functions": [reward or {"name": "exact_match"}]},
+            "rollout": {"n": 8, "max_new_tokens": max_new_tokens, "temperature": 1.0, **rollout},
+            "train": {"prompts_per_step": 32, "micro_batch_size": micro_batch_size, "lr": 1e-5}}
+
+
 def run_case(name: str, recipe: str | None, base: dict | None, overrides: list[str], out: Path) -> dict:
     cfg = load_config(recipe, overrides, base=base)
     train(cfg)
@@ -76,10 +91,7 @@ def main() -> None:
         model = Path(args.model_dir) if args.model_dir else build_tiny_model(tmp / "small", size="small")
         label = args.size_label if args.model_dir else "small (12M)"
         out = tmp / "small_run"
-        base = {"model": {"name_or_path": str(model)}, "data": {"train": "x"},
-                "reward": {"functions": [{"name": "exact_match"}]},
-                "rollout": {"n": 8, "max_new_tokens": 64, "temperature": 1.0},
-                "train": {"prompts_per_step": 32, "micro_batch_size": 32, "lr": 1e-5}}
+        base = small_base(model, 64, micro_batch_size=32)
         results.append(run_case(f"{label}: 32 prompts x 8 x 64 tok", None, base,
                                 _overrides(model, data, out, args.steps, engine), out))
     header = ["case", "step_s", "generate_s", "reward_s", "score_s", "train_s", "other_s", "gen_tokens_per_s",

@@ -27,6 +27,7 @@ from torch import nn
 
 from rlkit import ops
 from rlkit.batch import RolloutBatch
+from rlkit.forward import over_micro_batches
 
 
 class ValueModel(nn.Module):
@@ -77,24 +78,13 @@ class Critic:
         values = full.float().gather(1, response_index.to(device))                          # [n, T]
         return values * rows.response_mask.to(device)
 
-    @torch.no_grad()
     def score(self, policy: nn.Module, batch: RolloutBatch, *, pad_id: int, micro_batch_size: int,
               autocast) -> torch.Tensor:
         """No-grad values of the whole batch (the scoring pass): [N, T] on CPU."""
-        modules = [self.module] + ([policy] if self.shared else [])
-        modes = [m.training for m in modules]
-        for m in modules:
-            m.eval()
-        try:
-            out = []
-            for start in range(0, len(batch), micro_batch_size):
-                rows = batch.select(torch.arange(start, min(start + micro_batch_size, len(batch))))
-                with autocast():
-                    out.append(self.values(policy, rows, pad_id=pad_id).float().cpu())
-        finally:
-            for m, mode in zip(modules, modes):
-                m.train(mode)
-        return torch.cat(out)
+        models = [self.module] + ([policy] if self.shared else [])
+        parts = over_micro_batches(models, batch, micro_batch_size, autocast,
+                                   lambda rows: self.values(policy, rows, pad_id=pad_id).float().cpu())
+        return torch.cat(parts)                                                              # [N, T]
 
     def step(self) -> tuple[float, bool]:
         """Clip and apply the critic's gradients; (grad norm, applied). Non-finite norms skip the step."""

@@ -113,7 +113,7 @@ def run_eval(args) -> dict:
 
     from rlkit.build import build_engine
     from rlkit.modeling import load_causal_lm, load_tokenizer
-    from rlkit.session import _prompt_source, check_recipe
+    from rlkit.session import prompt_source, check_recipe
 
     src = resolve_source(args.source, args.overrides, args.model)
     cfg = src.cfg
@@ -125,7 +125,7 @@ def run_eval(args) -> dict:
     _, rewards = check_recipe(cfg, check_files=False)
     model_cfg = cfg.model.model_copy(update={"name_or_path": src.model_path})
     tokenizer = load_tokenizer(model_cfg)
-    source = _prompt_source(cfg, tokenizer, rewards, args.data or cfg.data.eval,
+    source = prompt_source(cfg, tokenizer, rewards, args.data or cfg.data.eval,
                             cfg.data.eval_split if not args.data else "train", shuffle=False)
     prompts = [source.item(i) for i in range(min(len(source), args.max_prompts))]
     acc = Accelerator()

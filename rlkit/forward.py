@@ -35,20 +35,27 @@ def token_logprobs(model, prompt_ids: list[list[int]], response_ids: torch.Tenso
 
 
 @torch.no_grad()
-def score_batch(model, batch: RolloutBatch, *, pad_id: int, micro_batch_size: int, temperature: float,
-                with_entropy: bool, autocast) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """No-grad log-probs [N, T] (and entropy [N, T]) of ``model`` over the whole batch, micro-batch by micro-batch."""
-    was_training = model.training
-    model.eval()
-    logps, ents = [], []
+def over_micro_batches(models: list, batch: RolloutBatch, micro_batch_size: int, autocast, fn) -> list:
+    """``fn(rows)`` for consecutive micro-batches of ``batch``, without grad and with ``models`` in eval mode."""
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
     try:
+        out = []
         for start in range(0, len(batch), micro_batch_size):
             rows = batch.select(torch.arange(start, min(start + micro_batch_size, len(batch))))
             with autocast():
-                lp, ent = response_logprobs(model, rows, pad_id=pad_id, temperature=temperature,
-                                            with_entropy=with_entropy)
-            logps.append(lp.float().cpu())
-            ents.append(ent.float().cpu() if ent is not None else None)
+                out.append(fn(rows))
+        return out
     finally:
-        model.train(was_training)
-    return torch.cat(logps), (torch.cat(ents) if with_entropy else None)
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
+def score_batch(model, batch: RolloutBatch, *, pad_id: int, micro_batch_size: int, temperature: float,
+                with_entropy: bool, autocast) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """No-grad log-probs [N, T] (and entropy [N, T]) of ``model`` over the whole batch, micro-batch by micro-batch."""
+    parts = over_micro_batches([model], batch, micro_batch_size, autocast, lambda rows: response_logprobs(
+        model, rows, pad_id=pad_id, temperature=temperature, with_entropy=with_entropy))
+    logps = torch.cat([lp.float().cpu() for lp, _ in parts])                               # [N, T]
+    return logps, (torch.cat([ent.float().cpu() for _, ent in parts]) if with_entropy else None)

@@ -81,7 +81,7 @@ def check_recipe(cfg: RecipeConfig, *, check_files: bool = True) -> tuple[Plugin
     return plugins, rewards
 
 
-def _prompt_source(cfg: RecipeConfig, tokenizer, rewards: RewardManager, source: str, split: str,
+def prompt_source(cfg: RecipeConfig, tokenizer, rewards: RewardManager, source: str, split: str,
                    shuffle: bool) -> PromptSource:
     dataset = load_prompt_dataset(source, split=split, prompt_column=cfg.data.prompt_column)
     rewards.check_columns(c for c in dataset.column_names if c != cfg.data.prompt_column)
@@ -99,10 +99,10 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
     if cfg.train.epochs > 1 or cfg.train.mini_batches > 1:
         needs.add("old_logprobs")  # the policy moves between optimizer steps of one batch
     tokenizer = load_tokenizer(cfg.model)
-    train_prompts = _prompt_source(cfg, tokenizer, rewards, cfg.data.train, cfg.data.train_split, cfg.data.shuffle)
+    train_prompts = prompt_source(cfg, tokenizer, rewards, cfg.data.train, cfg.data.train_split, cfg.data.shuffle)
     eval_prompts = None
     if cfg.data.eval:
-        src = _prompt_source(cfg, tokenizer, rewards, cfg.data.eval, cfg.data.eval_split, shuffle=False)
+        src = prompt_source(cfg, tokenizer, rewards, cfg.data.eval, cfg.data.eval_split, shuffle=False)
         eval_prompts = [src.item(i) for i in range(min(len(src), cfg.eval.max_prompts))]
     model = load_causal_lm(cfg.model)
     ref_model = load_causal_lm(cfg.model, trainable=False).to(accelerator.device) if "ref_logprobs" in needs else None

@@ -60,7 +60,7 @@ import math
 import torch
 
 from rlkit import ops
-from rlkit.functional import check_choice
+from rlkit.functional import check_choice, check_grouped
 
 BNPO_SINGLETONS = ("zero", "reference")
 BNPO_WEIGHT_CAP = 1e6  # w = clamp(1 / pdf, 0, cap), as the reference
@@ -72,18 +72,12 @@ def _float(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _check_rewards(rewards: torch.Tensor, group_ids: torch.Tensor, fn: str) -> None:
-    if rewards.dim() != 1 or group_ids.shape != rewards.shape:
-        raise ValueError(f"{fn}: rewards and group_ids must both be 1-D of the same length [N]; got "
-                         f"{tuple(rewards.shape)} and {tuple(group_ids.shape)}")
-
-
 # ------------------------------------------------------------------------------------------- BNPO
 
 
 def _bnpo_prompts(rewards, group_ids, r_min, r_max, singleton, fn):
     """-> r~ [N], valid [N], p [G], used [G] (prompt enters the moments / gets A != 0), n_valid [G], inverse [N]."""
-    _check_rewards(rewards, group_ids, fn)
+    check_grouped(rewards, group_ids, fn)
     check_choice("singleton", singleton, BNPO_SINGLETONS)
     if not (math.isfinite(r_min) and math.isfinite(r_max) and r_max > r_min):
         raise ValueError(f"{fn}: need finite r_min < r_max (the reward range); got r_min={r_min!r}, r_max={r_max!r}")
@@ -170,7 +164,7 @@ def beta_norm_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, r_mi
 
 def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """Leave-one-out advantage ``n/(n-1) (r_i - mean_g)`` -> [N]; singletons and NaN rewards get 0."""
-    _check_rewards(rewards, group_ids, "rloo_advantages")
+    check_grouped(rewards, group_ids, "rloo_advantages")
     r = _float(rewards)  # [N]
     mean, _, count = ops.group_mean_std(r, group_ids)  # [N], [N], [N]
     low, high = ops.group_min_max(r, group_ids)  # [N], [N]
@@ -189,7 +183,7 @@ def reinforce_pp_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, mask
             weighs its number of valid tokens = token-level whitening as verl).  eps: added to the variance.
     """
     fn = "reinforce_pp_advantages"
-    _check_rewards(rewards, group_ids, fn)
+    check_grouped(rewards, group_ids, fn)
     if not eps >= 0:
         raise ValueError(f"{fn}: eps={eps!r} must be >= 0")
     if mask is not None and (mask.dim() != 2 or mask.shape[0] != rewards.shape[0]):

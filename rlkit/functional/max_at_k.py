@@ -57,6 +57,7 @@ from typing import NamedTuple
 import torch
 
 from rlkit import ops
+from rlkit.functional import check_grouped
 
 MAX_AT_K_BASELINES = ("bon_mean", "loo1", "bon_max_mean", "bon_max_second", "loo", "none")
 
@@ -79,12 +80,7 @@ def _check_k(k: int, what: str = "max@k") -> None:
 def _sort_groups(rewards: torch.Tensor, group_ids: torch.Tensor, k: int, *, max_k_below_n: bool = False) -> _Groups:
     """Validate ``1 <= k <= n`` (``k <= n - 1`` if ``max_k_below_n``) for every group and sort within groups."""
     _check_k(k)
-    if rewards.dim() != 1 or group_ids.shape != rewards.shape:
-        raise ValueError(f"max@k: rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} must be "
-                         f"1-D of the same length")
-    r = rewards.detach().to(torch.float64)  # [N]
-    if torch.isnan(r).any():
-        raise ValueError("max@k: rewards contain NaN; score or drop those completions first")
+    r = check_grouped(rewards, group_ids, "max@k", allow_nan=False)  # [N] float64
     uniq = torch.unique(group_ids)  # [G]
     order, slot, pos, counts = ops.sort_within_groups(r, group_ids)  # [N], [N], [N], [G]
     limit = k + 1 if max_k_below_n else k

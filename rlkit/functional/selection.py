@@ -38,7 +38,7 @@ import math
 import torch
 
 from rlkit import ops
-from rlkit.functional import check_choice
+from rlkit.functional import check_choice, check_grouped
 
 D3S_MODES = ("cross", "intra")
 TIE_TOL = 1e-12  # candidate variances (of deviations scaled to [-1, 1]) this close to the best count as equal
@@ -84,12 +84,7 @@ def d3s_select_samples(advantages: torch.Tensor, group_ids: torch.Tensor, keep: 
     check_choice("mode", mode, D3S_MODES)
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 2:
         raise ValueError(f"keep={keep!r}: the variance of one sample is 0; use keep >= 2 (an integer)")
-    if advantages.dim() != 1 or group_ids.shape != advantages.shape:
-        raise ValueError(f"d3s_select_samples: advantages {tuple(advantages.shape)} and group_ids "
-                         f"{tuple(group_ids.shape)} must be 1-D of the same length")
-    x = advantages.detach().to(torch.float64)  # [N]
-    if torch.isnan(x).any():
-        raise ValueError("d3s_select_samples: advantages contain NaN; drop or zero those completions first")
+    x = check_grouped(advantages, group_ids, "d3s_select_samples", name="advantages", allow_nan=False)  # [N]
     ids = group_ids if mode == "intra" else torch.zeros_like(group_ids)  # [N]
     if x.numel() == 0:
         return torch.ones(x.shape, dtype=torch.bool, device=x.device)  # [N]

@@ -71,7 +71,6 @@ class VLLMEngine(RolloutEngine):
         self.last_sync: dict[str, float] = {}
 
     def _start(self, model, path, dtype, gpu_mem, kv_gib, max_model_len, eager, seed, world):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_gib)))))
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         if world == 1:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -79,11 +78,10 @@ class VLLMEngine(RolloutEngine):
         threads = torch.get_num_threads()
         if dtype == "auto":
             dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-        kwargs: dict[str, Any] = dict(model=str(path), tokenizer=str(path), dtype=dtype, seed=seed,
-                                      max_model_len=max_model_len, logprobs_mode="processed_logprobs",
-                                      enforce_eager=(not self.cuda) if eager is None else eager)
+        kwargs = llm_kwargs(str(path), dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=eager,
+                            gpu_memory_utilization=gpu_mem, kv_cache_gib=kv_gib)
         if self.cuda:
-            kwargs.update(gpu_memory_utilization=gpu_mem, enable_sleep_mode=self.sleep)
+            kwargs["enable_sleep_mode"] = self.sleep
         if world > 1:
             kwargs["distributed_executor_backend"] = "external_launcher"
         t0 = time.perf_counter()
@@ -143,6 +141,23 @@ class VLLMEngine(RolloutEngine):
 
     def close(self) -> None:
         self.llm = None
+
+
+def llm_kwargs(path: str, *, dtype: str, seed: int, max_model_len: int | None, enforce_eager: bool | None,
+               gpu_memory_utilization: float, kv_cache_gib: float, **extra: Any) -> dict[str, Any]:
+    """``vllm.LLM`` arguments shared by the colocated engine and the rollout workers: the checkpoint's own
+    tokenizer, processed (sampling-distribution) log-probs, eager mode on CPU, and the memory budget (GPU share,
+    or ``VLLM_CPU_KVCACHE_SPACE`` GiB on CPU, which vLLM otherwise sizes to most of the RAM)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
+    cuda = torch.cuda.is_available()
+    kwargs: dict[str, Any] = {"model": path, "tokenizer": path, "dtype": dtype, "seed": seed,
+                              "logprobs_mode": "processed_logprobs",
+                              "enforce_eager": (not cuda) if enforce_eager is None else enforce_eager, **extra}
+    if max_model_len:
+        kwargs["max_model_len"] = max_model_len
+    if cuda:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    return kwargs
 
 
 def vllm_sampling_params(vllm, params: SamplingParams, seed: int):

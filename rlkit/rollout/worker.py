@@ -41,23 +41,16 @@ class VLLMBackend:
     def __init__(self, model: str, tensor_parallel_size: int = 1, dtype: str = "auto", max_model_len: int | None = None,
                  kv_cache_gib: float = 1.0, gpu_memory_utilization: float = 0.9, seed: int = 0,
                  enforce_eager: bool | None = None):
-        from rlkit.rollout.vllm_engine import _import_vllm
+        from rlkit.rollout.vllm_engine import _import_vllm, llm_kwargs
 
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")   # the engine core lives in this process
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
         vllm = _import_vllm()
         self.cuda = torch.cuda.is_available()
         self.dtype = checkpoint_dtype(model) if dtype == "auto" else dtype
-        kwargs: dict[str, Any] = {
-            "model": model, "tokenizer": model, "dtype": self.dtype, "seed": seed,
-            "tensor_parallel_size": tensor_parallel_size, "logprobs_mode": "processed_logprobs",
-            "worker_extension_cls": "rlkit.rollout.vllm_ext.WeightReceiver",
-            "enforce_eager": (not self.cuda) if enforce_eager is None else enforce_eager}
-        if max_model_len:
-            kwargs["max_model_len"] = max_model_len
-        if self.cuda:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        self.llm = vllm.LLM(**kwargs)
+        self.llm = vllm.LLM(**llm_kwargs(model, dtype=self.dtype, seed=seed, max_model_len=max_model_len,
+                                         enforce_eager=enforce_eager, gpu_memory_utilization=gpu_memory_utilization,
+                                         kv_cache_gib=kv_cache_gib, tensor_parallel_size=tensor_parallel_size,
+                                         worker_extension_cls="rlkit.rollout.vllm_ext.WeightReceiver"))
         self.engine = self.llm.llm_engine
         self.tp = tensor_parallel_size
         self.model = model
@@ -116,6 +109,7 @@ class WorkerServer:
         self.requests: dict[str, tuple[int, int, int]] = {}        # request id -> (client, call, index)
         self.version, self.run_id = 0, None
         self.stopped = False
+        self._next_beat = time.monotonic() + HEARTBEAT_S
         self._incoming: queue.Queue[Connection] = queue.Queue()
         self._next_client = 0
         threading.Thread(target=self._accept_loop, name="rlkit-worker-accept", daemon=True).start()
@@ -162,7 +156,6 @@ class WorkerServer:
     # ---------------------------------------------------------------------------------------- loop
     def serve_forever(self) -> None:
         log.info("worker %d serving on %s", self.index, self.address)
-        next_beat = time.monotonic() + HEARTBEAT_S
         while not self.stopped:
             self._adopt()
             busy = self.backend.has_unfinished()
@@ -170,13 +163,10 @@ class WorkerServer:
                 client = next(c for c, k in self.clients.items() if k is conn)
                 self._handle(client, conn)
             self._pump()
-            if time.monotonic() >= next_beat:
-                for client in {c for c, _, _ in self.requests.values()}:
-                    self._send(client, {"op": "alive"})
-                next_beat = time.monotonic() + HEARTBEAT_S
 
     def _pump(self) -> None:
-        """One engine step; finished completions go back to their clients, grouped per call."""
+        """One engine step; finished completions go back to their clients, grouped per call; clients still
+        waiting get a heartbeat every HEARTBEAT_S."""
         if not self.backend.has_unfinished():
             return
         try:
@@ -190,16 +180,15 @@ class WorkerServer:
                 out.setdefault(owner[:2], []).append((owner[2], completion))
         for (client, call), items in out.items():
             self._send(client, {"op": "completions", "call": call, "items": items})
+        if time.monotonic() >= self._next_beat:
+            for client in {c for c, _, _ in self.requests.values()}:
+                self._send(client, {"op": "alive"})
+            self._next_beat = time.monotonic() + HEARTBEAT_S
 
     def _drain(self) -> None:
         """Finish every in-flight request (before weights change or a probe runs)."""
-        last = time.monotonic()
         while self.backend.has_unfinished():
             self._pump()
-            if time.monotonic() - last > HEARTBEAT_S:
-                for client in {c for c, _, _ in self.requests.values()}:
-                    self._send(client, {"op": "alive"})
-                last = time.monotonic()
 
     def _fatal(self, message: str) -> None:
         log.error("worker %d: engine failed:\n%s", self.index, message)

@@ -1,5 +1,6 @@
 """Fixtures shared by the integration tests that train on the quickstart task."""
 
+import json
 import os
 import subprocess
 import sys
@@ -36,3 +37,10 @@ def overrides(tmp: Path, out: Path, steps: int = 40) -> list[str]:
     return [f"model.name_or_path={tmp / 'sft'}", f"data.train={tmp / 'data/train.jsonl'}",
             f"data.eval={tmp / 'data/eval.jsonl'}", f"train.output_dir={out}", "rollout.engine=hf",
             f"train.steps={steps}", "train.eval_every=0", "train.save_every=20", "train.sample_every=0"]
+
+
+def train_recipe(recipe: str, tmp: Path, out: Path) -> tuple[list[dict], list[float]]:
+    """Train ``recipes/<recipe>.yaml`` on the warm start (40 steps); its metric rows and held-out accuracies."""
+    rlkit("train", f"recipes/{recipe}.yaml", *overrides(tmp, out))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows, [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]

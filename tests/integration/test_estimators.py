@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from rlkit.functional import max_at_k_estimate, pass_at_k
-from tests.integration.conftest import overrides as _overrides
 from tests.integration.conftest import rlkit as _rlkit
+from tests.integration.conftest import train_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -20,9 +20,7 @@ RECIPES = ["bnpo_quickstart", "rloo_quickstart", "reinforce_pp_quickstart", "ppo
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_estimator_improves_heldout_accuracy(recipe, warm_start, tmp_path):
     out = tmp_path / "run"
-    _rlkit("train", f"recipes/{recipe}.yaml", *_overrides(warm_start, out))
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    acc = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
+    rows, acc = train_recipe(recipe, warm_start, out)
     assert acc[-1] - acc[0] >= 0.15, f"{recipe}: held-out accuracy {acc[0]:.3f} -> {acc[-1]:.3f}"
     if recipe == "ppo_gae_quickstart":
         value = [r["loss/value_loss"] for r in rows if "loss/value_loss" in r]

@@ -1,21 +1,16 @@
 """The issue-5 recipes (ΔL, D³S, DAPO) improve held-out accuracy on the quickstart task (shortened to 40 steps),
 and report what they select: D³S trains on at most half the tokens early on, DAPO filters and refills groups."""
 
-import json
-
 import pytest
 
-from tests.integration.conftest import overrides, rlkit
+from tests.integration.conftest import train_recipe
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.mark.parametrize("recipe", ["grpo_delta_l_quickstart", "d3s_quickstart", "dapo_quickstart"])
 def test_recipe_improves_heldout_accuracy(recipe, warm_start, tmp_path):
-    out = tmp_path / "run"
-    rlkit("train", f"recipes/{recipe}.yaml", *overrides(warm_start, out))
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    acc = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r]
+    rows, acc = train_recipe(recipe, warm_start, tmp_path / "run")
     assert acc[-1] - acc[0] >= 0.15, f"{recipe}: held-out accuracy {acc[0]:.3f} -> {acc[-1]:.3f}"
     steps = [r for r in rows if "loss/total" in r]
     if recipe == "d3s_quickstart":
