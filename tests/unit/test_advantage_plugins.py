@@ -129,3 +129,11 @@ def test_beta_norm_rewards_outside_range_name_the_value():
         ADVANTAGES.build("beta_norm", {})(b)
     a, _ = ADVANTAGES.build("beta_norm", {"r_max": 2.0})(b)
     assert math.isfinite(float(a.abs().sum()))
+
+
+def test_passthrough_broadcasts_the_objective_output_over_the_response():
+    b = batch([0.5, -1.0, float("nan")], [0, 0, 1], T=3)
+    b.response_mask = torch.tensor([[True, True, False], [True, False, False], [True, True, True]])
+    adv, m = ADVANTAGES.build("passthrough", {})(b)
+    assert adv.tolist() == [[0.5, 0.5, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]    # NaN (unscorable) -> 0
+    assert m["mean"] == pytest.approx(-0.5 / 3) and m["abs_mean"] == pytest.approx(0.5)

@@ -71,3 +71,11 @@ def test_errors_name_the_value():
         F.aggregation_plan(lengths, "delta_l", max_len=4, normalize="sample")
     with pytest.raises(ValueError, match="has no option"):
         F.aggregation_plan(lengths, "delta_l", max_len=4, beta=1.0)
+
+
+def test_plugin_plans_like_the_functional_core():
+    from rlkit.registry import AGGREGATIONS, load_builtins
+    load_builtins()
+    plan = AGGREGATIONS.build("delta_l", {"alpha": 1.0, "normalize": "group"}).plan(
+        torch.tensor([2, 8, 4, 4, 0]), torch.tensor([7, 7, 3, 3, 3]), 10)
+    assert plan.coef.tolist() == pytest.approx([0.8, 0.2, 0.5, 0.5, 0.0]) and plan.normalizer == 20.0
