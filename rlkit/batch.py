@@ -25,6 +25,9 @@ class RolloutBatch:
     success: torch.Tensor                # [N] float: 1/0 success signal, NaN where no reward reports one
     reward_components: torch.Tensor      # [N, K] float, each reward function's raw value (NaN = failed/None)
     raw_rewards: torch.Tensor | None = None   # [N] float, rewards before the objective transform
+    dataset_index: torch.Tensor | None = None  # [N] long, dataset row of the prompt (PromptItem.index; stable)
+    pool_mean: torch.Tensor | None = None     # [N] float, baseline mean over all rows the sampler generated for
+    pool_std: torch.Tensor | None = None      # [N] float  the prompt (Sampler.pool_stats; None = use the group)
     prompts: list[str] = field(default_factory=list)       # N prompt texts (for logs and reward fns)
     completions: list[str] = field(default_factory=list)   # N decoded completions (for logs and reward fns)
     columns: dict[str, list[Any]] = field(default_factory=dict)  # dataset columns, one value per completion

@@ -35,6 +35,17 @@ class Plugins:
                 "passthrough`, or give the objective `baseline: none` to feed its transformed rewards to "
                 f"'{self.advantage.plugin_name}'")
 
+        if self.sampler.provides_pool_stats:
+            where = f"sampler '{self.sampler.plugin_name}' measures each prompt's baseline over its whole pool"
+            if not self.advantage.uses_pool_stats:
+                raise ValueError(f"{where} (global_stats: true), but advantage '{self.advantage.plugin_name}' "
+                                 "cannot use it: set `advantage: grpo` (scale: none for the paper's setting), or set "
+                                 "`sampler.global_stats: false` to normalise within the kept group")
+            if not self.objective.identity:
+                raise ValueError(f"{where} from the raw rewards (global_stats: true), but objective "
+                                 f"'{self.objective.plugin_name}' transforms the rewards, so the two would not match: "
+                                 "use `objective: mean`, or set `sampler.global_stats: false`")
+
     def requires(self) -> set[str]:
         needed: set[str] = set()
         for name, plugin in self.all().items():
@@ -48,7 +59,8 @@ class Plugins:
 
 def build_plugins(cfg: RecipeConfig) -> Plugins:
     load_builtins()
-    ctx = {"max_len": cfg.rollout.max_new_tokens, "total_steps": cfg.train.steps, "group_size": cfg.rollout.n}
+    ctx = {"max_len": cfg.rollout.max_new_tokens, "total_steps": cfg.train.steps, "group_size": cfg.rollout.n,
+           "seed": cfg.train.seed}
     plugins = Plugins(
         sampler=SAMPLERS.build(cfg.sampler.name, cfg.sampler.kwargs, **ctx),
         objective=OBJECTIVES.build(cfg.objective.name, cfg.objective.kwargs, **ctx),

@@ -34,9 +34,12 @@ class Objective(Plugin):
     """Per-group reward transform applied once per step before the advantage estimator.
 
     ``output`` says what the returned values are: "reward" (an estimator still subtracts a baseline) or
-    "advantage" (the objective applied its own baseline; only ``advantage: passthrough`` may follow)."""
+    "advantage" (the objective applied its own baseline; only ``advantage: passthrough`` may follow).
+    ``identity``: True when the rewards are returned unchanged (statistics a sampler measured on raw rewards stay
+    valid)."""
 
     output: str = "reward"
+    identity: bool = False
 
     def __call__(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:  # [N], [N] -> [N]
         raise NotImplementedError
@@ -45,9 +48,12 @@ class Objective(Plugin):
 class AdvantageEstimator(Plugin):
     """RolloutBatch -> advantages [N, T] (0 where ``response_mask`` is False), plus metrics.
 
-    ``takes_advantages``: True if the estimator can follow an objective whose output is already an advantage."""
+    ``takes_advantages``: True if the estimator can follow an objective whose output is already an advantage.
+    ``uses_pool_stats``: True if it normalises with ``RolloutBatch.pool_mean`` / ``pool_std`` when a sampler sets
+    them (a sampler with ``provides_pool_stats`` needs such an estimator)."""
 
     takes_advantages: bool = False
+    uses_pool_stats: bool = False
 
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,14 @@ from transformers import get_scheduler
 from rlkit.build import Plugins, build_engine, build_plugins, check_engine
 from rlkit.config import RecipeConfig
 from rlkit.critic import build_critic
+from rlkit.dist import gather_lists
 from rlkit.data import PromptSource, is_local_source, load_prompt_dataset
+from rlkit.grad_probe import sequence_grad_norms
 from rlkit.modeling import check_model_source, load_causal_lm, load_tokenizer
 from rlkit.rewards import RewardManager, RewardSpec
 from rlkit.rollout import SamplingParams
 from rlkit.rollout.canary import make_probe
+from rlkit.samplers import SamplerTools
 
 log = logging.getLogger("rlkit")
 
@@ -89,6 +93,15 @@ def prompt_source(cfg: RecipeConfig, tokenizer, rewards: RewardManager, source: 
                         max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.train.seed, shuffle=shuffle)
 
 
+def sampler_tools(accelerator, policy, pad_id: int, temperature: float) -> SamplerTools:
+    """What samplers may ask of the trainer's side: gradient norms of the current policy (GVM), a gather (VADE)."""
+    def grad_norms(prompt_ids: list[list[int]], responses: list[list[int]], pattern: str) -> torch.Tensor:
+        return sequence_grad_norms(policy, prompt_ids, responses, pattern=pattern, pad_id=pad_id,
+                                   temperature=temperature, autocast=accelerator.autocast)
+    return SamplerTools(grad_norms=grad_norms, gather=partial(gather_lists, accelerator),
+                        process_index=accelerator.process_index)
+
+
 def build_session(cfg: RecipeConfig, accelerator) -> Session:
     plugins, rewards = check_recipe(cfg)
     world = accelerator.num_processes
@@ -127,5 +140,6 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
     eval_sampling = SamplingParams(cfg.eval.max_new_tokens or r.max_new_tokens, cfg.eval.temperature, r.top_p, r.top_k)
     probe = make_probe(tokenizer, train_prompts.item(0).prompt_ids)
+    plugins.sampler.bind(sampler_tools(accelerator, policy, tokenizer.pad_token_id, sampling.temperature))
     return Session(cfg, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, plugins, needs,
                    rewards, train_prompts, eval_prompts, sampling, eval_sampling, probe, critic)

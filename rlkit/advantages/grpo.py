@@ -18,6 +18,12 @@ Deviations / choices:
 * NaN reward (every reward function failed): left out of the statistics, A = 0 (TRL's nan-aware ops).
 * A group whose valid rewards are all equal gets exactly A = 0, also when rounding in the mean would leave a
   tiny residue (e.g. rewards 0.1, 0.1, 0.1 in fp32).
+* Pool statistics (``uses_pool_stats``): when the sampler measured a baseline over *every* row it generated for a
+  prompt (``RolloutBatch.pool_mean`` / ``pool_std``, Reinforce-Ada ``global_stats: true``, ALGORITHMS.md §7), they
+  replace the kept group's mean and std: A_i = r_i - pool_mean_i, divided by (pool_std_i + eps) for scale "group"
+  or by (std_batch + eps) for "batch". The kept group was chosen by the sampler (e.g. balanced), so its own
+  statistics would be biased. No all-equal guard applies then: a kept group of equal rewards drawn from a mixed
+  pool has a non-zero advantage, as in the reference.
 * Rewards are normalised over this process's batch; groups never span processes, so "group" is exact, while
   "batch" uses this process's rewards only (TRL gathers all processes first).
 """
@@ -37,13 +43,19 @@ from rlkit.registry import ADVANTAGES
 class GRPOAdvantage(AdvantageEstimator):
     """Group-relative advantage (r - group mean) / (std + eps), broadcast over the response tokens."""
 
+    uses_pool_stats = True
+
     def __init__(self, scale: str = "group", eps: float = 1e-6, singleton: str = "zero"):
         F.check_grpo_args(scale, eps, singleton)
         self.scale, self.eps, self.singleton = scale, eps, singleton
 
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        adv = F.grpo_advantages(batch.rewards, batch.group_ids, scale=self.scale, eps=self.eps,
-                                singleton=self.singleton)  # [N]
+        if batch.pool_mean is not None:
+            adv = F.pool_baseline_advantages(batch.rewards, batch.pool_mean, batch.pool_std, scale=self.scale,
+                                             eps=self.eps)  # [N]
+        else:
+            adv = F.grpo_advantages(batch.rewards, batch.group_ids, scale=self.scale, eps=self.eps,
+                                    singleton=self.singleton)  # [N]
         advantages = adv[:, None] * batch.response_mask.to(adv.dtype)  # [N,T]
         return advantages, self._metrics(adv, batch.rewards, batch.group_ids)
 

@@ -134,6 +134,32 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: st
     return torch.where(valid & ~constant, adv, 0.0)  # [N]
 
 
+def pool_baseline_advantages(rewards: torch.Tensor, pool_mean: torch.Tensor, pool_std: torch.Tensor, *,
+                             scale: str = "group", eps: float = 1e-6) -> torch.Tensor:
+    """GRPO with a baseline measured by the sampler over each prompt's whole pool (Reinforce-Ada global stats).
+
+    A_i = r_i - pool_mean_i, divided by (pool_std_i + eps) for scale "group", by (Bessel std of all valid rewards
+    + eps) for "batch", not divided for "none"; NaN rewards get 0.
+
+    Args:
+        rewards: [N].  pool_mean: [N].  pool_std: [N] (> 0).  scale: "group" | "batch" | "none".  eps: > 0.
+
+    Returns:
+        [N] float advantages (at least fp32).
+    """
+    check_grpo_args(scale, eps, "zero")
+    r = rewards.to(torch.promote_types(rewards.dtype, torch.float32))  # [N]
+    if pool_mean.shape != r.shape or pool_std.shape != r.shape:
+        raise ValueError(f"pool_mean {tuple(pool_mean.shape)} and pool_std {tuple(pool_std.shape)} must match "
+                         f"rewards {tuple(r.shape)} (one value per completion)")
+    valid = ~torch.isnan(r)  # [N]
+    centred = r - pool_mean.to(r.dtype)  # [N]
+    sigma_fn = _GRPO_SIGMA[scale]
+    if sigma_fn is not None:
+        centred = centred / (sigma_fn(r, valid, pool_std.to(r.dtype)) + eps)  # [N]
+    return torch.where(valid, centred, 0.0)  # [N]
+
+
 # ------------------------------------------------------------------------------------- aggregation
 
 
@@ -356,4 +382,5 @@ from rlkit.functional.selection import (cosine_schedule, d3s_keep_count, d3s_sel
                                         d3s_select_tokens, linear_schedule)
 from rlkit.functional.gvm import gvm_allocation  # noqa: E402, F401
 from rlkit.functional.reinforce_ada import (reinforce_ada_advantages, reinforce_ada_exit,  # noqa: E402, F401
-                                            reinforce_ada_select)
+                                            reinforce_ada_pool_stats, reinforce_ada_select)
+from rlkit.functional.vade import vade_decay, vade_posterior_stats, vade_scores, vade_update  # noqa: E402, F401

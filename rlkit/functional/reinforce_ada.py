@@ -121,6 +121,21 @@ def reinforce_ada_select(rewards: torch.Tensor, n: int, *, threshold: float = 0.
     return torch.sort(kept).values  # [take], generation order
 
 
+def reinforce_ada_pool_stats(num_pos: int, num_neg: int, *, eps: float = 1e-6) -> tuple[float, float]:
+    """(mu, sigma) of a pool reconstructed as #pos ones and #neg zeros (module docstring, step 4).
+
+    mu = #pos / L and sigma = max(std_Bessel, eps) for L = #pos + #neg >= 2; (0, 1) for L <= 1.
+    """
+    _check_count(num_pos, "num_pos", 0)
+    _check_count(num_neg, "num_neg", 0)
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"reinforce_ada: eps={eps!r} must be a finite number > 0 (default 1e-6)")
+    size = num_pos + num_neg
+    if size <= 1:
+        return 0.0, 1.0
+    return num_pos / size, max(math.sqrt(num_pos * num_neg / (size * (size - 1))), eps)
+
+
 def reinforce_ada_advantages(rewards: torch.Tensor, num_pos: int, num_neg: int, *, norm_by_std: bool = False,
                              eps: float = 1e-6) -> torch.Tensor:
     """Advantages of one prompt's kept group with the pool's global statistics (module docstring, step 4).
@@ -137,15 +152,10 @@ def reinforce_ada_advantages(rewards: torch.Tensor, num_pos: int, num_neg: int, 
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"reinforce_ada: eps={eps!r} must be a finite number > 0 (default 1e-6)")
     r = _check_rewards(rewards)  # [k]
-    size = num_pos + num_neg
-    if r.numel() > size:
-        raise ValueError(f"reinforce_ada: {r.numel()} kept rewards but the pool has only num_pos + num_neg = {size}; "
-                         f"pass the counts of the whole pool")
-    if size <= 1:
-        mu, sigma = 0.0, 1.0
-    else:
-        mu = num_pos / size
-        sigma = max(math.sqrt(num_pos * num_neg / (size * (size - 1))), eps)
+    if r.numel() > num_pos + num_neg:
+        raise ValueError(f"reinforce_ada: {r.numel()} kept rewards but the pool has only num_pos + num_neg = "
+                         f"{num_pos + num_neg}; pass the counts of the whole pool")
+    mu, sigma = reinforce_ada_pool_stats(num_pos, num_neg, eps=eps)
     adv = r.to(torch.float64) - mu  # [k]
     if norm_by_std:
         adv = adv / (sigma + eps)

@@ -18,5 +18,7 @@ from rlkit.registry import OBJECTIVES
 class MeanObjective(Objective):
     """Identity: returns the rewards unchanged."""
 
+    identity = True
+
     def __call__(self, rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:  # [N], [N] -> [N]
         return rewards  # [N]

@@ -67,6 +67,7 @@ def collect_rollouts(ctx: RolloutContext, prompts: list, group_ids: list[int], s
     """Generate and score completions for ``prompts`` (this process's share) until the sampler is done."""
     pool = RolloutPool(prompts=prompts)
     timing, reward_stats = {"generate": 0.0, "reward": 0.0}, {}
+    ctx.sampler.begin(step)
     counts, rounds, generated = ctx.sampler.allocate(prompts, ctx.group_size), 0, 0
     while counts and any(c > 0 for c in counts):
         if rounds >= ctx.max_rounds:
@@ -77,7 +78,7 @@ def collect_rollouts(ctx: RolloutContext, prompts: list, group_ids: list[int], s
     rows = ctx.sampler.finalize(pool)
     if not rows:
         raise RuntimeError("the sampler kept no completion for this step; nothing to train on")
-    batch = build_batch(pool, rows, group_ids, pad_id)
+    batch = build_batch(pool, rows, group_ids, pad_id, ctx.sampler.pool_stats(pool))
     metrics = {"rollout/generated": float(generated), "rollout/rounds": float(rounds),
                "time/generate": timing["generate"], "time/reward": timing["reward"]}
     metrics.update({f"reward/{k}": v / (generated if k.endswith("/mean") else 1) for k, v in reward_stats.items()})
@@ -85,19 +86,28 @@ def collect_rollouts(ctx: RolloutContext, prompts: list, group_ids: list[int], s
     return batch, metrics
 
 
-def build_batch(pool: RolloutPool, rows: list[int], group_ids: list[int], pad_id: int) -> RolloutBatch:
+def build_batch(pool: RolloutPool, rows: list[int], group_ids: list[int], pad_id: int,
+                pool_stats: torch.Tensor | None = None) -> RolloutBatch:
+    """The training batch from pool ``rows``; ``pool_stats`` [P, 2] (mean, std per prompt) become pool_mean/std."""
     comps = [pool.completions[r] for r in rows]
     n = len(rows)
     response_ids, response_mask = right_pad([c.token_ids for c in comps], pad_id)                  # [N, T] x2
     rollout_logprobs, _ = right_pad([c.logprobs for c in comps], 0.0, dtype=torch.float32)         # [N, T]
     prompts = [pool.prompts[pool.prompt_index[r]] for r in rows]
     rewards = torch.tensor([pool.rewards[r] for r in rows], dtype=torch.float32)          # [N]
+    which = torch.tensor([pool.prompt_index[r] for r in rows], dtype=torch.long)          # [N] prompt of the pool
+    if pool_stats is not None and tuple(pool_stats.shape) != (len(pool.prompts), 2):
+        raise ValueError(f"sampler pool_stats has shape {tuple(pool_stats.shape)}; expected ({len(pool.prompts)}, 2)"
+                         " = (mean, std) per prompt of the pool")
+    stats = pool_stats.float()[which] if pool_stats is not None else None                # [N, 2]
     return RolloutBatch(
         prompt_ids=[p.prompt_ids for p in prompts], response_ids=response_ids, response_mask=response_mask,
         rollout_logprobs=rollout_logprobs,
         truncated=torch.tensor([c.finish_reason == FINISH_LENGTH for c in comps]),
         group_ids=torch.tensor([group_ids[pool.prompt_index[r]] for r in rows], dtype=torch.long),
         rewards=rewards.clone(), raw_rewards=rewards,
+        dataset_index=torch.tensor([p.index for p in prompts], dtype=torch.long),
+        pool_mean=stats[:, 0] if stats is not None else None, pool_std=stats[:, 1] if stats is not None else None,
         success=torch.tensor([pool.success[r] for r in rows], dtype=torch.float32),
         reward_components=torch.tensor([pool.components[r] for r in rows], dtype=torch.float32).reshape(n, -1),
         prompts=[p.prompt for p in prompts], completions=[pool.completion_texts[r] for r in rows],

@@ -2,12 +2,19 @@
 
 Protocol for one step (the trainer calls these in order, never testing the sampler's name):
 
+-. once, when the session is built: ``bind(tools)`` -- a :class:`SamplerTools` with what a sampler may ask of the
+   trainer's side (gradient norms of the current policy, for GVM);
 0. ``prompts_needed(target) -> int`` -- how many candidate prompts to draw for a step that trains on ``target``
    prompts (default ``target``; ``dynamic`` oversamples); the data position advances by that many;
-1. ``allocate(prompts, group_size) -> counts`` -- completions per prompt for round 0 (0 = skip the prompt);
+1. ``begin(step)`` (records ``self.step``, the trainer step this rollout phase belongs to), then
+   ``allocate(prompts, group_size) -> counts`` -- completions per prompt for round 0 (0 = skip the prompt);
 2. after every round the trainer appends completions and rewards to a :class:`RolloutPool` and calls
    ``next_round(pool) -> counts``; all zeros (or an empty list) ends the rollout phase;
-3. ``finalize(pool) -> rows`` -- which pool rows form the training batch (in the order they are trained);
+3. ``finalize(pool) -> rows`` -- which pool rows form the training batch (in the order they are trained), then
+   ``pool_stats(pool)`` -- ``None`` (default), or a [P, 2] float tensor of (baseline mean, std) per prompt measured
+   over *everything* generated for it; the rows of the batch carry them as ``RolloutBatch.pool_mean`` /
+   ``pool_std``, and an estimator with ``uses_pool_stats`` (grpo) normalises with them instead of the kept group's
+   statistics (Reinforce-Ada's ``global_stats``);
 4. after the optimizer step, ``update(batch, step) -> metrics`` updates cross-step state (checkpointed
    through ``state_dict`` / ``load_state_dict``).
 """
@@ -15,6 +22,7 @@ Protocol for one step (the trainer calls these in order, never testing the sampl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -46,7 +54,40 @@ class RolloutPool:
         return [r for r, p in enumerate(self.prompt_index) if p == prompt]
 
 
+@dataclass
+class SamplerTools:
+    """Services of the trainer's side a sampler may use (bound once by ``build_session``).
+
+    grad_norms(prompt_ids, response_ids) -> [k] float: for each sequence, ‖∇_θsub (−Σ_t log π(y_t | x, y_<t))‖₂ of
+    the *current* policy, θsub being the parameters whose name contains the sampler's ``params`` pattern
+    (``rlkit.grad_probe.sequence_grad_norms``).
+    gather(values) -> every process's list, in rank order (``rlkit.dist.gather_lists``); samplers whose cross-step
+    state must be the same on every process (VADE's posteriors) share their evidence through it.
+    process_index: this process's rank.
+    """
+
+    grad_norms: Callable[[list[list[int]], list[list[int]], str], torch.Tensor]
+    gather: Callable[[list], list[list]] = lambda values: [list(values)]
+    process_index: int = 0
+
+
 class Sampler(Plugin):
+    #: True when ``pool_stats`` returns statistics the advantage estimator must use (checked at build time).
+    provides_pool_stats: bool = False
+    tools: SamplerTools | None = None
+    step: int = 0
+
+    def bind(self, tools: SamplerTools) -> None:
+        self.tools = tools
+
+    def begin(self, step: int) -> None:
+        """Called before ``allocate``: the trainer step this rollout phase belongs to."""
+        self.step = step
+
+    def pool_stats(self, pool: RolloutPool) -> torch.Tensor | None:
+        """[P, 2] (baseline mean, std) per prompt of the pool, or None (the estimator uses the kept group)."""
+        return None
+
     def prompts_needed(self, target: int) -> int:
         """Candidate prompts to draw for a step that should train on ``target`` prompts (per process)."""
         return target
@@ -68,4 +109,4 @@ class Sampler(Plugin):
         return {}
 
 
-from rlkit.samplers import dynamic, fixed  # noqa: E402,F401  (registers built-ins)
+from rlkit.samplers import dynamic, fixed, gvm, reinforce_ada, vade  # noqa: E402,F401  (registers built-ins)

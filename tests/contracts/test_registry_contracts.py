@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rlkit.batch import RolloutBatch
+from rlkit.data import PromptItem
 from rlkit.plugin_api import MicroBatch, Plugin
 from rlkit.registry import REGISTRIES, load_builtins
 from rlkit.rewards import check_signature
@@ -73,8 +74,10 @@ def test_builds_with_defaults_and_masks(kind, name):
     elif kind == "objective":
         assert plugin(batch.rewards, batch.group_ids).shape == batch.rewards.shape
     elif kind == "sampler":
-        counts = plugin.allocate([object()] * 3, 4)
-        assert len(counts) == 3 and all(c >= 0 for c in counts)
+        prompts = [PromptItem(index=i, prompt=f"{i}+1=", prompt_ids=[1, i + 2]) for i in range(3)]
+        plugin.begin(0)
+        counts = plugin.allocate(prompts, 4)
+        assert len(counts) == 3 and all(c >= 0 for c in counts) and any(c > 0 for c in counts)
     state = plugin.state_dict()
     plugin.load_state_dict(state)
 
