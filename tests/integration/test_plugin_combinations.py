@@ -64,7 +64,7 @@ def validity(c: dict) -> str | None:
 
 def test_cross_product_builds_or_names_the_conflict(tiny_model_dir, arith_data, tmp_path):
     combos = all_combinations()
-    assert len(combos) >= 4 * 2 * 6 * 2 * 5
+    assert len(combos) >= 5 * 2 * 6 * 2 * 5
     refused = {}
     for combo in combos:
         msg = validity(combo_recipe(tiny_model_dir, arith_data, tmp_path, *combo))
