@@ -25,7 +25,9 @@ rollout rewards (the on-policy estimator), and every PPO epoch / mini-batch uses
 token-level importance ratio and clip. The paper's first-order off-policy weights
 (``max_at_k_offpolicy_rewards``, §3.3) need the current policy's sequence ratios inside every mini-step; they are
 in the functional core but not wired into this plug-in. Unscorable completions (NaN reward) are left out of
-their group (n counts valid completions) and get 0; a group with fewer than k valid completions gets 0.
+their group (n counts valid completions) and get 0; a group with fewer than k valid completions (fewer than
+k + 1 for ``loo``) gets 0 -- with variable group sizes (``sampler: gvm``) that includes singletons; the
+functional form refuses such groups instead.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class MaxAtKObjective(Objective):
         valid = ~torch.isnan(rewards)                                                       # [N] bool
         _, inverse, counts = torch.unique(group_ids[valid], return_inverse=True, return_counts=True)
         usable = valid.clone()
-        usable[valid] = counts[inverse] >= self.k        # groups with fewer than k valid samples get 0
+        need = self.k + 1 if self.baseline == "loo" else self.k   # "loo" needs k <= n - 1
+        usable[valid] = counts[inverse] >= need          # smaller groups (e.g. GVM's singletons) get 0
         if usable.any():
             r, g = rewards[usable].float(), group_ids[usable]                               # [n], [n]
             if self.baseline == "none":
