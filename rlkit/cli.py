@@ -60,7 +60,29 @@ def _cmd_show(args) -> int:
     Console(width=max(Console().width, 110)).print(table)
     for note in arith["notes"]:
         print(f"note: {note}")
+    if not args.no_memory:
+        _print_memory_estimate(cfg, world, args.sharding, args.device_gib)
     return 0
+
+
+def _print_memory_estimate(cfg, world: int, sharding: str, device_gib: float) -> None:
+    from rich.console import Console
+
+    from rlkit.build import build_plugins
+    from rlkit.memory_estimate import estimate_memory, format_estimate, model_shape
+    try:
+        shape = model_shape(cfg)
+    except (OSError, ValueError) as exc:
+        print(f"note: no memory estimate: could not read the config of model.name_or_path "
+              f"'{cfg.model.name_or_path}' ({str(exc).splitlines()[0]}); download the model or point it at a local "
+              "directory")
+        return
+    needs_ref = "ref_logprobs" in build_plugins(cfg).requires()
+    est = estimate_memory(cfg, shape, world=world, sharding=sharding, device_gib=device_gib, needs_ref=needs_ref)
+    Console(width=max(Console().width, 130)).print(format_estimate(est, world=world, sharding=sharding,
+                                                                   device_gib=device_gib))
+    for note in est.notes:
+        print(f"note: {note}")
 
 
 def _cmd_list(args) -> int:
@@ -145,10 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--set", action="append", help="override applied to every recipe (repeatable)")
     v.add_argument("--no-files", action="store_true", help="skip checks that model/data paths exist")
     v.set_defaults(fn=_cmd_validate)
-    s = sub.add_parser("show", help="print the resolved config and the batch arithmetic")
+    s = sub.add_parser("show", help="print the resolved config, the batch arithmetic and a memory estimate per device")
     s.add_argument("recipe")
     s.add_argument("overrides", nargs="*")
     s.add_argument("--num-processes", type=int, default=None, help="world size to compute per-process shares for")
+    s.add_argument("--sharding", default="none", choices=["none", "fsdp2", "fsdp2_offload", "zero2", "zero3"],
+                   help="training topology for the memory estimate (none = DDP; see launch/)")
+    s.add_argument("--device-gib", type=float, default=80.0, help="memory of one accelerator, for the estimate")
+    s.add_argument("--no-memory", action="store_true", help="skip the memory estimate (needs the model's config)")
     s.set_defaults(fn=_cmd_show)
     ls = sub.add_parser("list", help="list registered plug-ins")
     ls.add_argument("kind", nargs="?")
