@@ -79,12 +79,13 @@ class Critic:
         return values * rows.response_mask.to(device)
 
     def score(self, policy: nn.Module, batch: RolloutBatch, *, pad_id: int, micro_batch_size: int,
-              autocast) -> torch.Tensor:
-        """No-grad values of the whole batch (the scoring pass): [N, T] on CPU."""
+              autocast, max_tokens_per_micro: int | None = None) -> torch.Tensor:
+        """No-grad values of the whole batch (the scoring pass): [N, T] on CPU. With ``max_tokens_per_micro`` the
+        micro-batches are right-padded rows grouped by a token budget (rows x longest <= budget)."""
         models = [self.module] + ([policy] if self.shared else [])
-        parts = over_micro_batches(models, batch, micro_batch_size, autocast,
-                                   lambda rows: self.values(policy, rows, pad_id=pad_id).float().cpu())
-        return torch.cat(parts)                                                              # [N, T]
+        return over_micro_batches(models, batch, micro_batch_size, autocast,                # [N, T]
+                                  lambda rows: self.values(policy, rows, pad_id=pad_id),
+                                  max_tokens_per_micro=max_tokens_per_micro, packed=False)
 
     def step(self) -> tuple[float, bool]:
         """Clip and apply the critic's gradients; (grad norm, applied). Non-finite norms skip the step."""

@@ -1,61 +1,230 @@
-"""Policy forward passes over response tokens: per-token log-probs (and entropy) for rows of a RolloutBatch."""
+"""Policy forward passes over response tokens: per-token log-probs (and entropy) for rows of a RolloutBatch.
+
+For row i with prompt ``x_i`` and response ``y_i``:
+
+    logprobs[i,t] = log softmax(z_it)[y_it],   entropy[i,t] = -Σ_v softmax(z_it)_v log softmax(z_it)_v,
+    z_it = lm_head(h_it) / temperature,         h_it = last hidden state at the position that predicts y_it
+
+(0 where ``response_mask`` is False). Two ways to get there, equal up to fp32 rounding:
+
+* **chunked** (``chunk_tokens`` = "auto" or an int, the default): the model runs as usual, but its output head
+  is swapped, for this one call, for :func:`rlkit.fused_logprob.linear_logprobs` on the hidden states of the
+  response positions only. No [n,S,V] or [n,T,V] logits tensor exists: the LM head runs ``chunk_tokens`` positions
+  at a time, the log-softmax of each chunk is taken in fp32, and backward recomputes the chunk's logits. When the
+  head's weight is frozen (LoRA without ``lm_head``, frozen tied embeddings), d logprob / d hidden is computed in
+  the forward pass instead and nothing is recomputed. Because the whole model is still called (through its DDP /
+  FSDP / peft wrappers and their hooks), gradient synchronisation, gradient checkpointing and LoRA adapters work
+  unchanged. Models whose logits are more than ``lm_head(hidden)`` (logit soft-capping, logit scales, a wrapped
+  head; :func:`rlkit.fused_logprob.check_fusable`) fall back to full logits, with one log line.
+* **full logits** (``chunk_tokens`` = 0 / None): ``model(...).logits`` [n,S,V], gathered to [n,T,V], then
+  :func:`rlkit.ops.logprobs_from_logits` (chunked fp32 log-softmax over the existing logits).
+
+Inputs are right-padded rows (:func:`rlkit.ops.build_inputs`), or with ``packed=True`` one padding-free row holding
+all sequences with position ids restarting at 0 (:func:`rlkit.ops.build_packed_inputs`): transformers >= 4.56 then
+attends block-diagonally, which gives the same numbers as separate rows (tests/unit/test_forward.py).
+
+Mixed precision (``train.mixed_precision=bf16`` with ``model.dtype=float32``): the parameters -- the master
+weights the optimizer updates, and with them AdamW's moments -- stay fp32; accelerate's autocast runs the matmuls
+of the forward pass (and their backward) in bf16, and the gradients arrive in fp32 on the fp32 parameters. The
+chunked head casts like autocast casts ``nn.Linear`` (bf16 matmul) and takes each chunk's log-softmax in fp32.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Literal
 
 import torch
 
 from rlkit import ops
 from rlkit.batch import RolloutBatch
+from rlkit.fused_logprob import check_fusable, linear_logprobs
+
+log = logging.getLogger("rlkit")
+
+ChunkTokens = Literal["auto"] | int | None   # positions per LM-head chunk; "auto" = 2**24 // V; 0 / None = full logits
+_logged: set[str] = set()
+
+
+def _log_once(message: str, *args, level: int = logging.INFO) -> None:
+    key = message % args
+    if key not in _logged:
+        _logged.add(key)
+        log.log(level, message, *args)
 
 
 def response_logprobs(model, batch: RolloutBatch, *, pad_id: int, temperature: float = 1.0,
-                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      with_entropy: bool = False, chunk_tokens: ChunkTokens = "auto",
+                      packed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(response token) [n, T] (0 where masked) and optionally the entropy [n, T] for every row of ``batch``."""
     return token_logprobs(model, batch.prompt_ids, batch.response_ids, batch.response_mask, pad_id=pad_id,
-                          temperature=temperature, with_entropy=with_entropy)
+                          temperature=temperature, with_entropy=with_entropy, chunk_tokens=chunk_tokens,
+                          packed=packed)
 
 
 def token_logprobs(model, prompt_ids: list[list[int]], response_ids: torch.Tensor, response_mask: torch.Tensor, *,
-                   pad_id: int, temperature: float = 1.0,
-                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(response_ids[i,t] | prompt_i, response_i[:t]) [n, T], 0 where ``response_mask`` [n, T] is False."""
+                   pad_id: int, temperature: float = 1.0, with_entropy: bool = False,
+                   chunk_tokens: ChunkTokens = "auto",
+                   packed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(response_ids[i,t] | prompt_i, response_i[:t]) [n, T], 0 where ``response_mask`` [n, T] is False.
+
+    ``chunk_tokens``: response positions per LM-head chunk ("auto", an int > 0), or 0 / None for the full-logits
+    path (module docstring). ``packed``: one padding-free row instead of right-padded rows. Returns fp32
+    logprobs [n,T] (with grad when grad is enabled) and the entropy [n,T] (no grad) or None.
+    """
     device = next(model.parameters()).device
-    input_ids, attention_mask, response_index = ops.build_inputs(
-        prompt_ids, response_ids.cpu(), response_mask.cpu(), pad_id)                       # [n,S], [n,S], [n,T]
-    out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
-    logits = ops.gather_response_logits(out.logits, response_index.to(device))             # [n, T, V]
+    n, T = response_ids.shape
+    mask = response_mask.to(device).bool()                                                 # [n, T]
     targets = response_ids.to(device)                                                      # [n, T]
-    logprobs, entropy = ops.logprobs_from_logits(logits, targets, temperature=temperature if temperature > 0 else 1.0,
+    temperature = temperature if temperature > 0 else 1.0
+    if packed:
+        input_ids, position_ids, flat_index = ops.build_packed_inputs(
+            prompt_ids, response_ids.cpu(), response_mask.cpu())                           # [1,L], [1,L], [n,T]
+        inputs = dict(input_ids=input_ids.to(device), position_ids=position_ids.to(device), attention_mask=None)
+    else:
+        input_ids, attention_mask, response_index = ops.build_inputs(
+            prompt_ids, response_ids.cpu(), response_mask.cpu(), pad_id)                   # [n,S], [n,S], [n,T]
+        S = input_ids.shape[1]
+        flat_index = response_index + torch.arange(n)[:, None] * S                        # [n, T] into n*S
+        inputs = dict(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+    flat_index = flat_index.to(device)                                                     # [n, T]
+    head = _fusable_head(model) if chunk_tokens else None
+    if head is not None:
+        chunk_rows = None if chunk_tokens == "auto" else int(chunk_tokens)
+        sel = flat_index[mask]                                                             # [R] response positions
+        with _head_computes_logprobs(head, sel, targets[mask], temperature, chunk_rows, with_entropy) as called:
+            out = model(**inputs, use_cache=False)
+        if called:
+            cols = out.logits                                                              # [R, 1 or 2] fp32
+            logprobs = cols.new_zeros(n, T).masked_scatter(mask, cols[:, 0])              # [n, T]
+            entropy = cols.new_zeros(n, T).masked_scatter(mask, cols[:, 1].detach()) if with_entropy else None
+            return logprobs, entropy
+        _log_once("%s did not call its output head on the hidden states; computing log-probs from full logits",
+                  type(model).__name__)
+    else:
+        out = model(**inputs, use_cache=False)
+    logits = out.logits                                                                    # [b, S, V]
+    logits = logits.reshape(-1, logits.shape[-1])[flat_index]                              # [n, T, V]
+    logprobs, entropy = ops.logprobs_from_logits(logits, targets, temperature=temperature,
                                                  with_entropy=with_entropy)               # [n, T], [n, T]
-    mask = response_mask.to(device)                                                        # [n, T]
     logprobs = logprobs * mask
     if entropy is not None:
         entropy = entropy * mask
     return logprobs, entropy
 
 
+def _unwrap(model):
+    """The Hugging Face model behind DDP/FSDP/compile wrappers and the LoRA reference (an adapter-less view)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    from rlkit.lora import AdapterDisabledReference
+    if isinstance(model, AdapterDisabledReference):
+        model = model.policy
+    return extract_model_from_parallel(model, keep_fp32_wrapper=True)
+
+
+def _fusable_head(model) -> torch.nn.Linear | None:
+    """The plain Linear output head the chunked path can replace, or None (logged once) when there is none."""
+    inner = _unwrap(model)
+    try:
+        check_fusable(inner)
+        head = inner.get_output_embeddings()
+        if "forward" in vars(head):
+            raise NotImplementedError(f"{type(inner).__name__}'s output head has a patched forward (a hook)")
+    except NotImplementedError as exc:
+        _log_once("chunked log-probs unavailable, using full logits: %s", exc)
+        return None
+    return head
+
+
+@contextlib.contextmanager
+def _head_computes_logprobs(head: torch.nn.Linear, sel: torch.Tensor, targets: torch.Tensor, temperature: float,
+                            chunk_rows: int | None, with_entropy: bool):
+    """For one model call, make ``head(hidden [b,S,H])`` return [R, 1 or 2] = (logprobs, entropy) of the R
+    positions ``sel`` (indices into the b*S flattened positions) instead of logits [b,S,V].
+
+    The result still leaves the model as its output (``out.logits``), so wrappers that hook module outputs (DDP,
+    FSDP2's pre-backward all-gather) see it. Yields a list that is non-empty once the head was called.
+    """
+    called: list[bool] = []
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:                                     # [b,S,H]
+        picked = hidden.reshape(-1, hidden.shape[-1])[sel]                                 # [R, H]
+        logprobs, entropy = linear_logprobs(picked, head.weight, targets, bias=head.bias, temperature=temperature,
+                                            chunk_rows=chunk_rows, with_entropy=with_entropy)  # [R], [R] | None
+        called.append(True)
+        return torch.stack([logprobs] + ([entropy] if with_entropy else []), dim=-1)       # [R, 1 or 2]
+
+    head.forward = forward
+    try:
+        yield called
+    finally:
+        del head.forward
+
+
+PACKING_ATTENTION = ("flash", "flex")   # attention implementations whose packed rows cost no dense [L, L] work
+
+
+def resolve_packing(setting: Literal["auto"] | bool, model) -> bool:
+    """``train.pack_sequences`` -> bool: "auto" packs when the model's attention implementation (config
+    ``_attn_implementation``) is a flash / flex kernel, which attends per sequence; sdpa and eager apply the
+    block-diagonal mask to a dense [L, L] score matrix, so padded token-budget micro-batches are cheaper there."""
+    if setting != "auto":
+        return bool(setting)
+    impl = str(getattr(_unwrap(model).config, "_attn_implementation", None) or "")
+    return any(kind in impl for kind in PACKING_ATTENTION)
+
+
+def micro_batch_groups(batch: RolloutBatch, micro_batch_size: int, max_tokens_per_micro: int | None = None,
+                       packed: bool = True) -> list[torch.Tensor]:
+    """Row indices of each micro-batch: consecutive ``micro_batch_size`` rows, or, with ``max_tokens_per_micro``,
+    groups of at most that many model tokens (:func:`rlkit.ops.token_budget_groups`; a longer row goes alone)."""
+    n = len(batch)
+    if max_tokens_per_micro is None:
+        return [torch.arange(lo, min(lo + micro_batch_size, n)) for lo in range(0, n, micro_batch_size)]
+    lengths = ops.sequence_lengths(batch.prompt_ids, batch.response_mask)                 # [n]
+    if n and int(lengths.max()) > max_tokens_per_micro:
+        _log_once("train.max_tokens_per_micro=%d is below the longest sequence (%d tokens); such rows form a "
+                  "micro-batch of their own", max_tokens_per_micro, int(lengths.max()), level=logging.WARNING)
+    return ops.token_budget_groups(lengths, max_tokens_per_micro, packed=packed)
+
+
 @torch.no_grad()
-def over_micro_batches(models: list, batch: RolloutBatch, micro_batch_size: int, autocast, fn) -> list:
-    """``fn(rows)`` for consecutive micro-batches of ``batch``, without grad and with ``models`` in eval mode."""
+def over_micro_batches(models: list, batch: RolloutBatch, micro_batch_size: int, autocast, fn, *,
+                       max_tokens_per_micro: int | None = None, packed: bool = True):
+    """``fn(rows)`` per micro-batch (:func:`micro_batch_groups`), without grad and with ``models`` in eval mode.
+
+    ``fn`` returns a tensor [n, ...] or a tuple of such tensors / None; the result has the same structure with
+    the rows of every micro-batch put back in batch order ([N, ...], float32 on CPU).
+    """
     modes = [m.training for m in models]
     for m in models:
         m.eval()
     try:
-        out = []
-        for start in range(0, len(batch), micro_batch_size):
-            rows = batch.select(torch.arange(start, min(start + micro_batch_size, len(batch))))
+        groups = micro_batch_groups(batch, micro_batch_size, max_tokens_per_micro, packed)
+        parts = []
+        for idx in groups:
             with autocast():
-                out.append(fn(rows))
-        return out
+                parts.append(fn(batch.select(idx)))
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)
+    order = torch.argsort(torch.cat(groups))                                                # [N] inverse permutation
+
+    def merge(items):
+        return None if items[0] is None else torch.cat([x.float().cpu() for x in items])[order]  # [N, ...]
+    if isinstance(parts[0], tuple):
+        return tuple(merge([p[k] for p in parts]) for k in range(len(parts[0])))
+    return merge(parts)
 
 
 def score_batch(model, batch: RolloutBatch, *, pad_id: int, micro_batch_size: int, temperature: float,
-                with_entropy: bool, autocast) -> tuple[torch.Tensor, torch.Tensor | None]:
+                with_entropy: bool, autocast, chunk_tokens: ChunkTokens = "auto",
+                max_tokens_per_micro: int | None = None,
+                pack_sequences: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """No-grad log-probs [N, T] (and entropy [N, T]) of ``model`` over the whole batch, micro-batch by micro-batch."""
-    parts = over_micro_batches([model], batch, micro_batch_size, autocast, lambda rows: response_logprobs(
-        model, rows, pad_id=pad_id, temperature=temperature, with_entropy=with_entropy))
-    logps = torch.cat([lp.float().cpu() for lp, _ in parts])                               # [N, T]
-    return logps, (torch.cat([ent.float().cpu() for _, ent in parts]) if with_entropy else None)
+    packed = max_tokens_per_micro is not None and pack_sequences
+    return over_micro_batches([model], batch, micro_batch_size, autocast, lambda rows: response_logprobs(
+        model, rows, pad_id=pad_id, temperature=temperature, with_entropy=with_entropy, chunk_tokens=chunk_tokens,
+        packed=packed), max_tokens_per_micro=max_tokens_per_micro, packed=pack_sequences)

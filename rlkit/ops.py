@@ -282,3 +282,82 @@ def right_pad(sequences: list[list[float]] | list[list[int]], pad_value: float |
             values[i, :len(seq)] = torch.tensor(seq, dtype=dtype)
             mask[i, :len(seq)] = True
     return values, mask
+
+
+def sequence_lengths(prompt_ids: list[list[int]], response_mask: torch.Tensor) -> torch.Tensor:
+    """Tokens each row feeds to the model: ``len(prompt_i) + L_i`` [n] long, ``L_i`` as in :func:`build_inputs`."""
+    T = response_mask.shape[1]
+    plen = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)  # [n]
+    t = torch.arange(T)  # [T]
+    rlen = (response_mask.cpu().long() * (t + 1)).amax(-1) if T > 0 else torch.zeros_like(plen)  # [n]
+    return plen + rlen  # [n]
+
+
+def build_packed_inputs(prompt_ids: list[list[int]], response_ids: torch.Tensor,
+                        response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate every ``prompt_i + response_i`` into one padding-free row for a packed forward pass.
+
+    Row i occupies ``[start_i, start_i + S_i)`` with ``S_i = len(prompt_i) + L_i`` (``L_i`` as in
+    :func:`build_inputs`) and position ids ``0 .. S_i - 1``. Passed with ``attention_mask=None``, Hugging Face
+    models (transformers >= 4.56, ``masking_utils.find_packed_sequence_indices``) read the restarts of the
+    position ids as sequence boundaries and attend block-diagonally and causally, so each sequence sees only
+    itself: the same numbers as one forward pass per sequence (checked in tests/unit/test_forward.py).
+
+    Returns:
+        input_ids: [1,L] long, L = Σ_i S_i (no padding).
+        position_ids: [1,L] long, restarting at 0 for every sequence.
+        flat_index: [n,T] long, position in the L packed tokens of the hidden state that predicts response
+            token t of row i (= start_i + len(prompt_i) - 1 + t), clamped to the row's last token past ``L_i``.
+    """
+    n, T = response_ids.shape
+    if len(prompt_ids) != n:
+        raise ValueError(f"build_packed_inputs: {len(prompt_ids)} prompts for {n} responses")
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("build_packed_inputs: empty prompt; the first response token needs a logit to predict it")
+    total = sequence_lengths(prompt_ids, response_mask)  # [n]
+    plen = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)  # [n]
+    start = torch.cumsum(total, 0) - total  # [n]
+    pieces = []
+    for i, p in enumerate(prompt_ids):
+        pieces += [torch.tensor(p, dtype=torch.long), response_ids[i, :int(total[i] - plen[i])].cpu().long()]
+    input_ids = torch.cat(pieces)[None]  # [1,L]
+    position_ids = (torch.arange(int(total.sum())) - torch.repeat_interleave(start, total))[None]  # [1,L]
+    t = torch.arange(T)  # [T]
+    last = (start + total - 1)[:, None]  # [n,1]
+    flat_index = torch.minimum(start[:, None] + plen[:, None] - 1 + t[None, :], last)  # [n,T]
+    return input_ids, position_ids, flat_index  # [1,L], [1,L], [n,T]
+
+
+def token_budget_groups(lengths: torch.Tensor, max_tokens: int, *, packed: bool = True) -> list[torch.Tensor]:
+    """Split rows into micro-batches of at most ``max_tokens`` model tokens each -> list of row indices.
+
+    ``packed=True`` (one padding-free row per micro-batch, cost = Σ lengths): first-fit decreasing bin packing.
+    ``packed=False`` (right-padded rows, cost = rows x longest row): rows sorted by length, longest first, and
+    cut greedily while ``rows * longest <= max_tokens`` (verl's dynamic batch size). A row longer than
+    ``max_tokens`` goes alone. Each group's indices are ascending; every row is in exactly one group.
+
+    Args:
+        lengths: [n] long, tokens per row (:func:`sequence_lengths`).
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    order = torch.sort(lengths, descending=True, stable=True).indices.tolist()  # [n], longest first
+    bins: list[list[int]] = []
+    if packed:
+        room: list[int] = []
+        for i in order:
+            k = int(lengths[i])
+            slot = next((b for b, r in enumerate(room) if r >= k), None)
+            if slot is None:
+                bins.append([i])
+                room.append(max_tokens - k)
+            else:
+                bins[slot].append(i)
+                room[slot] -= k
+    else:
+        for i in order:
+            if bins and (len(bins[-1]) + 1) * int(lengths[bins[-1][0]]) <= max_tokens:
+                bins[-1].append(i)
+            else:
+                bins.append([i])
+    return [torch.tensor(sorted(b), dtype=torch.long) for b in bins]

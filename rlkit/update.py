@@ -10,6 +10,13 @@ DDP's gradient average over processes then yields exactly grad L_j -- independen
 accumulation and world size. Mini-batch membership is a seeded permutation of *global* completion indices, so the
 same completions form mini-batch j whatever the world size. Rows without any trained token (dropped by a
 selection plug-in, or empty) are planned with the others but skip the forward/backward: they add exactly 0.
+
+Micro-batches are ``micro_batch_size`` consecutive rows, or with ``train.max_tokens_per_micro`` groups of rows
+of at most that many tokens (first-fit decreasing, packed into one padding-free row; or, with
+``train.pack_sequences`` off, right-padded rows sorted by length). Since row i's contribution
+``coef_i * sum_t w*loss / Z`` does not depend on which rows share its micro-batch, the grouping changes only
+float rounding, never the loss. Every process runs the same number of backward calls (the maximum over
+processes; a process with fewer groups adds zero-weight ones), so DDP's collectives line up.
 """
 
 from __future__ import annotations
@@ -22,8 +29,8 @@ import torch
 
 from rlkit.batch import RolloutBatch
 from rlkit.critic import no_sync_all
-from rlkit.dist import gather_lists, mean_over_processes, sum_over_processes
-from rlkit.forward import response_logprobs
+from rlkit.dist import gather_lists, sum_over_processes
+from rlkit.forward import micro_batch_groups, response_logprobs
 from rlkit.plugin_api import Aggregation, Loss, MicroBatch
 
 
@@ -50,6 +57,9 @@ class UpdateContext:
     max_nan_steps: int
     critic: object = None      # rlkit.critic.Critic when a plug-in needs values
     nan_steps: int = 0
+    logprob_chunk_tokens: object = "auto"   # train.logprob_chunk_tokens: "auto" | int | 0/None (full logits)
+    max_tokens_per_micro: int | None = None  # train.max_tokens_per_micro: token budget instead of micro_batch_size
+    pack_sequences: bool = True              # resolved train.pack_sequences: one padding-free row per micro-batch
 
 
 def minibatch_assignment(global_offset: int, local_n: int, global_n: int, mini_batches: int,
@@ -71,30 +81,35 @@ def _plan_local(ctx: UpdateContext, rows: RolloutBatch) -> tuple[torch.Tensor, f
 
 
 def _micro_step(ctx: UpdateContext, rows: RolloutBatch, coef: torch.Tensor, Z: float, sync: bool,
-                metric_sums: dict[str, float]) -> None:
+                metric_sums: dict[str, float], record: bool = True) -> None:
+    """One forward/backward of ``rows``. ``record=False``: a zero-weight stand-in call (a process with fewer
+    micro-batches than another keeps the backward calls equal); it adds the same metric keys, with weight 0."""
     acc, device = ctx.accelerator, ctx.accelerator.device
     models = [ctx.model] + ([ctx.critic.module] if ctx.critic is not None else [])
     sync_ctx = contextlib.nullcontext() if sync else no_sync_all(acc, models)
     with sync_ctx:
         with acc.autocast():
-            logprobs, entropy = response_logprobs(ctx.model, rows, pad_id=ctx.pad_id, temperature=ctx.temperature,
-                                                  with_entropy=True)                     # [n, T], [n, T]
+            logprobs, entropy = response_logprobs(
+                ctx.model, rows, pad_id=ctx.pad_id, temperature=ctx.temperature, with_entropy=True,
+                chunk_tokens=ctx.logprob_chunk_tokens,
+                packed=ctx.max_tokens_per_micro is not None and ctx.pack_sequences)      # [n, T], [n, T]
             values = ctx.critic.values(ctx.model, rows, pad_id=ctx.pad_id) if ctx.critic is not None else None
         rows = rows.to(device)
         micro = MicroBatch(batch=rows, logprobs=logprobs.float(), entropy=entropy, values=values)
         token_loss = torch.zeros_like(micro.logprobs)                                     # [n, T]
         weights = rows.token_weights.float()                                              # [n, T]
+        scale = 1.0 if record else 0.0
         for loss_fn in ctx.losses:
             loss_t, metrics = loss_fn(micro)
             token_loss = token_loss + loss_t
             for k, v in metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * float(weights.sum())
+                metric_sums[k] = metric_sums.get(k, 0.0) + float(v) * float(weights.sum()) * scale
         seq_loss = (token_loss * weights).sum(-1)                                         # [n]
         loss = (coef.to(device) * seq_loss).sum() / Z                                     # []
         acc.backward(loss * acc.num_processes)
     metric_sums["_loss"] = metric_sums.get("_loss", 0.0) + loss.item()
-    metric_sums["_tokens"] = metric_sums.get("_tokens", 0.0) + float(weights.sum())
-    ent_mask = rows.response_mask.float()
+    metric_sums["_tokens"] = metric_sums.get("_tokens", 0.0) + float(weights.sum()) * scale
+    ent_mask = rows.response_mask.float() * scale                                         # [n, T]
     metric_sums["entropy"] = metric_sums.get("entropy", 0.0) + float((entropy.float() * ent_mask).sum())
     metric_sums["_ent_tokens"] = metric_sums.get("_ent_tokens", 0.0) + float(ent_mask.sum())
 
@@ -142,27 +157,29 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch, step: int) -> dict[st
             coef, Z = _plan_local(ctx, rows)
             active = torch.nonzero(rows.token_weights.sum(-1) > 0).squeeze(-1)   # rows a selection dropped add 0
             rows, coef = rows.select(active), coef[active]                      # to loss and gradient: skip them
-            n_micro = max(1, math.ceil(len(rows) / ctx.micro_batch_size))
-            counts = gather_lists(acc, [n_micro])
+            groups = micro_batch_groups(rows, ctx.micro_batch_size, ctx.max_tokens_per_micro,
+                                        ctx.pack_sequences)                     # row indices per micro-batch
+            counts = gather_lists(acc, [max(1, len(groups))])
             n_micro_all = max(c[0] for c in counts)   # every process does the same number of backward calls
             for m in range(n_micro_all):
-                lo = m * ctx.micro_batch_size
-                idx = torch.arange(lo, min(lo + ctx.micro_batch_size, len(rows)))
+                idx = groups[m] if m < len(groups) else torch.zeros(0, dtype=torch.long)
                 part = rows.select(idx) if len(idx) else batch.select(torch.tensor([0]))
                 part_coef = coef[idx] if len(idx) else torch.zeros(1)
-                _micro_step(ctx, part, part_coef, Z, sync=(m == n_micro_all - 1), metric_sums=sums)
+                _micro_step(ctx, part, part_coef, Z, sync=(m == n_micro_all - 1), metric_sums=sums,
+                            record=bool(len(idx)))
             norm, ok = _optimizer_step(ctx, freeze_policy=freeze)
             norms.append(norm)
             skipped += 0 if ok else 1
             if ctx.critic is not None:
                 critic_norms.append(ctx.critic.step()[0])
+    # token-weighted means over ALL processes' tokens (sums first, then divide): equal to the one-process numbers,
+    # where a mean of per-process means would not be (processes hold different token counts)
+    sums = sum_over_processes(acc, sums)
     tokens = max(sums.pop("_tokens", 0.0), 1e-9)
     ent_tokens = max(sums.pop("_ent_tokens", 0.0), 1e-9)
     out = {f"loss/{k}": v / tokens for k, v in sums.items() if not k.startswith("_") and k != "entropy"}
     out["loss/entropy"] = sums.get("entropy", 0.0) / ent_tokens
-    out = mean_over_processes(acc, out)
-    total = sum_over_processes(acc, {"loss": sums.get("_loss", 0.0)})["loss"]
-    out["loss/total"] = total / (ctx.epochs * ctx.mini_batches)
+    out["loss/total"] = sums.get("_loss", 0.0) / (ctx.epochs * ctx.mini_batches)
     out["train/grad_norm"] = sum(norms) / len(norms)
     out["train/skipped_steps"] = float(skipped)
     out["train/lr"] = ctx.scheduler.get_last_lr()[0]

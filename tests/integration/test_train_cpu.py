@@ -66,6 +66,44 @@ def test_micro_batch_size_does_not_change_the_update(tiny_model_dir, arith_data,
         assert torch.allclose(a[k], b[k], atol=1e-5), k
 
 
+def test_token_budget_micro_batches_do_not_change_the_update(tiny_model_dir, arith_data, tmp_path):
+    # fixed micro-batches of 3 rows with full logits vs packed (padding-free) micro-batches of <= 40 tokens with the
+    # chunked LM head, and vs the padded token-budget fallback: the same parameters after one update
+    _train(tiny_model_dir, arith_data, tmp_path / "a", INVARIANCE + ["train.micro_batch_size=3",
+                                                                     "train.logprob_chunk_tokens=0"], steps=1)
+    _train(tiny_model_dir, arith_data, tmp_path / "b", INVARIANCE + ["train.max_tokens_per_micro=40",
+                                                                     "train.pack_sequences=true",
+                                                                     "train.logprob_chunk_tokens=5"], steps=1)
+    _train(tiny_model_dir, arith_data, tmp_path / "c", INVARIANCE + ["train.max_tokens_per_micro=40",
+                                                                     "train.pack_sequences=false"], steps=1)
+    a, b, c = (_params(tmp_path / d / "final") for d in "abc")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+        assert torch.allclose(a[k], c[k], atol=1e-5), k
+
+
+def test_token_budget_with_critic_does_not_change_the_update(tiny_model_dir, arith_data, tmp_path):
+    # PPO-GAE: the critic's scoring pass and value loss use the same token-budget micro-batches (reordered rows)
+    ppo = INVARIANCE + ["advantage={name: gae}", "losses=[{name: ppo_clip}, {name: value}]", "critic={lr: 1.0e-3}"]
+    _train(tiny_model_dir, arith_data, tmp_path / "a", ppo + ["train.micro_batch_size=3"], steps=2)
+    _train(tiny_model_dir, arith_data, tmp_path / "b", ppo + ["train.max_tokens_per_micro=40",
+                                                              "train.pack_sequences=true"], steps=2)
+    for name in ("model.safetensors", "critic.safetensors"):
+        a, b = (load_file(str(tmp_path / d / "final" / name)) for d in "ab")
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-5), (name, k)
+
+
+def test_bf16_autocast_trains_with_fp32_weights(tiny_model_dir, arith_data, tmp_path):
+    metrics = _train(tiny_model_dir, arith_data, tmp_path / "bf16", ["train.mixed_precision=bf16",
+                                                                     "train.max_tokens_per_micro=64",
+                                                                     "train.pack_sequences=true"], steps=2)
+    assert math.isfinite(metrics["loss/total"]) and math.isfinite(metrics["train/grad_norm"])
+    before, after = _params(tiny_model_dir), _params(tmp_path / "bf16" / "final")
+    assert all(v.dtype == torch.float32 for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
 class TestBadInputFailsBeforeModelLoads:
     def _check(self, tiny_model_dir, arith_data, tmp_path, overrides, match, exc=Exception):
         from rlkit.session import check_recipe
