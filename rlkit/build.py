@@ -73,7 +73,7 @@ def build_plugins(cfg: RecipeConfig) -> Plugins:
     return plugins
 
 
-ENGINE_CONTEXT = ("model", "tokenizer", "accelerator", "model_path", "max_len", "seed")
+ENGINE_CONTEXT = ("model", "tokenizer", "accelerator", "model_path", "max_len", "seed", "lora")
 
 
 def check_engine(cfg: RecipeConfig) -> None:

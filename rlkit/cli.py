@@ -1,4 +1,4 @@
-"""``rlkit`` command line: train | validate | show | list | sft | tiny-model | make-data | eval | plot |
+"""``rlkit`` command line: train | validate | show | list | sft | tiny-model | make-data | eval | plot | export |
 rollout-server.
 
 Runs as ``rlkit train RECIPE [dotted.key=value ...]`` or under ``accelerate launch -m rlkit.cli train RECIPE``.
@@ -155,6 +155,14 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from rlkit.lora import export_merged
+    out = export_merged(args.run_dir, args.output, checkpoint=args.checkpoint, base=args.base)
+    print(f"wrote the merged model (base + LoRA adapter) to {out}; load it with "
+          "AutoModelForCausalLM.from_pretrained")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlkit", description="RL post-training for LLMs on verifiable rewards")
     sub = p.add_subparsers(dest="command", required=True)
@@ -227,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="write PNG curves (reward, accuracy, KL) of a run directory")
     pl.add_argument("run_dir")
     pl.set_defaults(fn=_cmd_plot)
+    ex = sub.add_parser("export", help="merge a LoRA run's adapter into a full Hugging Face checkpoint")
+    ex.add_argument("run_dir")
+    ex.add_argument("--output", default=None, help="output directory (default RUN_DIR/merged)")
+    ex.add_argument("--checkpoint", default=None,
+                    help="'latest' or a checkpoint directory, instead of RUN_DIR/final")
+    ex.add_argument("--base", default=None, help="base model (default: model.name_or_path of RUN_DIR/config.yaml)")
+    ex.set_defaults(fn=_cmd_export)
     from rlkit.rollout.server import add_parser as add_rollout_server
     add_rollout_server(sub)
     return p

@@ -9,6 +9,8 @@ against the plug-in's constructor when it is built (``rlkit validate``).
 
 from __future__ import annotations
 
+import copy
+
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -36,12 +38,38 @@ class PluginSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
+class LoRAConfig(Strict):
+    """Low-rank adapters (LoRA, Hu et al. 2021, arXiv:2106.09685) through peft: W' = W + (alpha/r) B A, only A and
+    B train. Presence of ``model.lora`` turns it on; null = full fine-tuning."""
+
+    r: int = Field(16, gt=0, description="adapter rank r (B is [out, r], A is [r, in])")
+    alpha: float = Field(32.0, gt=0, description="scale numerator: the update is (alpha / r) * B @ A")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input while training "
+                           "(0 keeps the training forward equal to the scoring/rollout forward)")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear", description="'all-linear' (every Linear except the output head) or module names, e.g. "
+                                  "[q_proj, v_proj]")
+    sync: Literal["auto", "adapter", "merged"] = Field(
+        "auto", description="how a colocated vLLM engine gets new weights: adapter = push only the adapter "
+        "(vLLM LoRA), merged = full W + (alpha/r) B A weights; auto = adapter where the engine supports it")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, v: Any) -> Any:
+        if isinstance(v, list) and (not v or not all(isinstance(x, str) and x for x in v)):
+            raise ValueError(f"model.lora.target_modules must be 'all-linear' or a non-empty list of module names "
+                             f"(e.g. [q_proj, k_proj, v_proj, o_proj]), got {v!r}")
+        return v
+
+
 class ModelConfig(Strict):
     name_or_path: str = Field(description="Hugging Face hub id or local directory (from_pretrained)")
     revision: str | None = Field(None, description="hub revision")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype when loaded")
     trust_remote_code: bool = Field(False, description="passed to from_pretrained")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass")
+    lora: LoRAConfig | None = Field(None, description="train low-rank adapters instead of all weights (peft); "
+                                                      "null = full fine-tuning")
 
 
 class DataConfig(Strict):
@@ -94,6 +122,21 @@ class TrainConfig(Strict):
     epochs: int = Field(1, ge=1, description="PPO epochs over each rollout batch")
     mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch (the batch is split in this many)")
     micro_batch_size: int = Field(8, ge=1, description="completions per forward/backward per process")
+    max_tokens_per_micro: int | None = Field(
+        None, gt=0, description="token budget per micro-batch (prompt + response tokens per process), replacing "
+        "micro_batch_size in the update and the scoring passes; a sequence longer than the budget goes alone "
+        "(warned once). null = fixed micro-batches of micro_batch_size rows. The loss is unchanged (global plan)")
+    pack_sequences: Literal["auto"] | bool = Field(
+        "auto", description="with max_tokens_per_micro: true = each micro-batch is one padding-free row (position "
+        "ids restart per sequence, block-diagonal attention; transformers >= 4.56), false = right-padded rows "
+        "sorted by length, rows x longest <= budget (verl's dynamic batch size). auto = pack when the model's "
+        "attention implementation skips masked blocks (flash_attention_2/3, flex_attention), else padded: sdpa and "
+        "eager compute the dense [L, L] attention of a packed row (benchmarks/packing.py)")
+    logprob_chunk_tokens: Literal["auto"] | int | None = Field(
+        "auto", description="response positions per LM-head chunk when computing log-probs/entropy (update and "
+        "scoring passes): the [tokens, V] logits never exist in full, backward recomputes each chunk. 'auto' = "
+        "2**24 // vocab positions (64 MiB per fp32 chunk buffer); 0 or null = full logits [n, S, V]. Models whose "
+        "logits are not a plain linear head (soft-capping, logit scales) use full logits automatically")
     lr: float = Field(1e-6, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -101,7 +144,10 @@ class TrainConfig(Strict):
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant_with_warmup"
     warmup_steps: int = Field(0, ge=0, description="warm-up in optimizer steps")
     max_grad_norm: float | None = Field(1.0, description="gradient clipping; null = off")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast via accelerate")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="autocast via accelerate: with model.dtype float32 the parameters (master weights), "
+        "their gradients and AdamW's state stay fp32 while the forward/backward matmuls run in bf16/fp16; "
+        "log-softmax is always taken in fp32")
     seed: int = 0
     resume: str = Field("auto", description="'auto' = latest checkpoint in output_dir, 'never', or a path")
     save_every: int = Field(0, ge=0, description="checkpoint every k steps (0 = only at the end)")
@@ -114,6 +160,14 @@ class TrainConfig(Strict):
     max_nan_steps: int = Field(0, ge=0, description="consecutive non-finite losses tolerated (skipped) before stopping")
     mask_truncated: bool = Field(False, description="completions cut at rollout.max_new_tokens leave the loss "
                                                     "(TRL mask_truncated_completions; DAPO overlong filtering)")
+
+    @field_validator("logprob_chunk_tokens")
+    @classmethod
+    def _chunk_tokens(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"train.logprob_chunk_tokens must be 'auto', a positive number of positions, or 0/null "
+                             f"for full logits; got {v}")
+        return v
 
 
 class CriticConfig(Strict):
@@ -176,6 +230,13 @@ class RecipeConfig(Strict):
         if self.train.eval_every or self.train.eval_at_start:
             if self.data.eval is None:
                 raise ValueError("train.eval_every / train.eval_at_start need data.eval (a held-out prompt file)")
+        lora, engine = self.model.lora, self.rollout.engine.name
+        if lora is not None and lora.sync == "adapter" and engine == "vllm_server":
+            # rollout workers receive full weights over the sync channel (rlkit/rollout/protocol.py): the adapter
+            # would be merged on every sync, which is exactly what an explicit `adapter` asks to avoid
+            raise ValueError("model.lora.sync=adapter needs the colocated vLLM engine (rollout.engine: vllm or "
+                             "auto); rollout.engine 'vllm_server' workers receive merged weights. Set "
+                             "model.lora.sync to merged (or auto, which merges for vllm_server)")
         return self
 
 
@@ -260,7 +321,7 @@ PLUGIN_DEFAULTS: dict[str, Any] = {
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> RecipeConfig:
     """Read a YAML recipe (or ``base`` dict), apply dotted overrides, validate strictly."""
-    tree: dict[str, Any] = dict(base or {})
+    tree: dict[str, Any] = copy.deepcopy(base or {})    # overrides must not write into the caller's dicts
     if path is not None:
         path = Path(path)
         if not path.is_file():

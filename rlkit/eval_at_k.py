@@ -47,10 +47,18 @@ def resolve_source(source: str, overrides: list[str], model: str | None = None) 
     if (path / "trainer_state.pt").is_file():                 # <run>/checkpoints/step_N
         run = path.parent.parent
         cfg = load_config(run / "config.yaml", overrides)
+        if cfg.model.lora is not None and model is None:   # the checkpoint holds peft weights, not a model's
+            raise FileNotFoundError(f"checkpoint '{path}' is from a LoRA run: merge it first with `rlkit export {run} "
+                                    f"--checkpoint {path} --output DIR`, then `rlkit eval {path} --model DIR`")
         return EvalSource(cfg, model or cfg.model.name_or_path, None if model else path, run)
     if (path / "config.yaml").is_file():                      # a run directory
         cfg = load_config(path / "config.yaml", overrides)
         final = path / "final"
+        if model is None and (final / "adapter_config.json").is_file():   # LoRA run: evaluate its merged export
+            if not (path / "merged/config.json").is_file():
+                raise FileNotFoundError(f"run directory '{path}' holds a LoRA adapter in final/: merge it first with "
+                                        f"`rlkit export {path}` (writes {path / 'merged'}), then evaluate again")
+            final = path / "merged"
         if model is None and not (final / "config.json").is_file():
             raise FileNotFoundError(f"run directory '{path}' has no final/ model (the run did not finish); evaluate "
                                     f"one of its checkpoints instead: rlkit eval {path}/checkpoints/step_N")

@@ -48,6 +48,9 @@ def load_causal_lm(cfg: ModelConfig, *, trainable: bool = True):
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
+        if cfg.lora is not None:   # only the adapters train (rlkit/lora.py)
+            from rlkit.lora import apply_lora
+            model = apply_lora(model, cfg.lora, gradient_checkpointing=cfg.gradient_checkpointing)
         model.train()
     else:
         model.eval()

@@ -21,6 +21,7 @@ from rlkit.critic import build_critic
 from rlkit.dist import gather_lists
 from rlkit.data import PromptSource, is_local_source, load_prompt_dataset
 from rlkit.grad_probe import sequence_grad_norms
+from rlkit.lora import AdapterDisabledReference
 from rlkit.modeling import check_model_source, load_causal_lm, load_tokenizer
 from rlkit.rewards import RewardManager, RewardSpec
 from rlkit.rollout import SamplingParams
@@ -118,7 +119,9 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
         src = prompt_source(cfg, tokenizer, rewards, cfg.data.eval, cfg.data.eval_split, shuffle=False)
         eval_prompts = [src.item(i) for i in range(min(len(src), cfg.eval.max_prompts))]
     model = load_causal_lm(cfg.model)
-    ref_model = load_causal_lm(cfg.model, trainable=False).to(accelerator.device) if "ref_logprobs" in needs else None
+    ref_model = None   # LoRA: the reference is the policy with its adapter disabled (set below), no second model
+    if "ref_logprobs" in needs and cfg.model.lora is None:
+        ref_model = load_causal_lm(cfg.model, trainable=False).to(accelerator.device)
     t = cfg.train
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
                                   betas=tuple(t.adam_betas), eps=t.adam_eps, weight_decay=t.weight_decay)
@@ -127,9 +130,12 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
                               num_training_steps=total_updates)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     policy = accelerator.unwrap_model(model)
+    if "ref_logprobs" in needs and cfg.model.lora is not None:
+        ref_model = AdapterDisabledReference(policy)
     critic = build_critic(cfg, accelerator, policy) if cfg.critic is not None else None
     engine = build_engine(cfg, model=policy, tokenizer=tokenizer, accelerator=accelerator,
-                          model_path=cfg.model.name_or_path, max_len=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
+                          model_path=cfg.model.name_or_path, max_len=cfg.rollout.max_new_tokens, seed=cfg.train.seed,
+                          lora=cfg.model.lora)
     r = cfg.rollout
     if r.max_staleness and (not engine.owns_weights or engine.releases_memory):
         raise ValueError(f"rollout.max_staleness={r.max_staleness} needs an engine that keeps its own copy of the "

@@ -9,15 +9,15 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from safetensors.torch import save_file
 
 from rlkit.batch import RolloutBatch
 from rlkit.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from rlkit.config import RecipeConfig, dump_config
-from rlkit.dist import mean_over_processes
+from rlkit.dist import check_launch, mean_over_processes
 from rlkit.evaluation import evaluate
-from rlkit.forward import score_batch
+from rlkit.forward import resolve_packing, score_batch
 from rlkit.rollout.canary import check_sync
 from rlkit.rollout.prefetch import RolloutPrefetcher
 from rlkit.rollout.protocol import RolloutWorkerError
@@ -38,7 +38,9 @@ def score(s: Session, batch: RolloutBatch) -> dict[str, float]:
     """Scoring pass: fill only what some plug-in requires (old_logprobs, entropy, ref_logprobs)."""
     t, out = s.cfg.train, {}
     common = dict(pad_id=s.tokenizer.pad_token_id, micro_batch_size=t.micro_batch_size,
-                  temperature=s.sampling.temperature, autocast=s.accelerator.autocast)
+                  temperature=s.sampling.temperature, autocast=s.accelerator.autocast,
+                  chunk_tokens=t.logprob_chunk_tokens, max_tokens_per_micro=t.max_tokens_per_micro,
+                  pack_sequences=resolve_packing(t.pack_sequences, s.policy))
     if s.needs & {"old_logprobs", "entropy"}:
         batch.old_logprobs, batch.entropy = score_batch(s.policy, batch, with_entropy="entropy" in s.needs, **common)
         diff = (batch.old_logprobs - batch.rollout_logprobs).abs()[batch.response_mask]
@@ -47,7 +49,8 @@ def score(s: Session, batch: RolloutBatch) -> dict[str, float]:
         batch.ref_logprobs, _ = score_batch(s.ref_model, batch, with_entropy=False, **common)
     if s.critic is not None:
         batch.values = s.critic.score(s.model, batch, pad_id=s.tokenizer.pad_token_id,
-                                      micro_batch_size=t.micro_batch_size, autocast=s.accelerator.autocast)
+                                      micro_batch_size=t.micro_batch_size, autocast=s.accelerator.autocast,
+                                      max_tokens_per_micro=t.max_tokens_per_micro)
     return out
 
 
@@ -164,7 +167,9 @@ def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str
         # AcceleratorState is a per-process singleton; clear its precision settings (not the process group) so
         # several runs in one Python process (notebooks, tests) can use different train.mixed_precision.
         AcceleratorState._reset_state(reset_partial_state=False)
+    check_launch()
     acc = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision)
+    check_launch(acc)
     set_seed(cfg.train.seed)
     s = build_session(cfg, acc)
     try:
@@ -179,6 +184,7 @@ def _run(s: Session) -> dict[str, float]:
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(dump_config(cfg))
+        log.info("training on %d process(es) (%s, %s)", acc.num_processes, acc.distributed_type.value, acc.device)
     ckpt = resolve_resume(t.resume, out_dir)
     step, position = _restore(s, ckpt) if ckpt else (0, 0)
     if ckpt:
@@ -189,7 +195,9 @@ def _run(s: Session) -> dict[str, float]:
     update_ctx = UpdateContext(acc, s.model, s.optimizer, s.scheduler, s.plugins.losses, s.plugins.aggregation,
                                s.tokenizer.pad_token_id, s.sampling.temperature, t.micro_batch_size, t.epochs,
                                t.mini_batches, t.max_grad_norm, cfg.rollout.max_new_tokens, t.seed, t.max_nan_steps,
-                               critic=s.critic)
+                               critic=s.critic, logprob_chunk_tokens=t.logprob_chunk_tokens,
+                               max_tokens_per_micro=t.max_tokens_per_micro,
+                               pack_sequences=resolve_packing(t.pack_sequences, s.policy))
     summary: dict[str, float] = {}
     if cfg.rollout.canary_every:  # the engine must start from the policy's weights too (e.g. after a resume)
         check_sync(s.engine, s.policy, s.probe, pad_id=s.tokenizer.pad_token_id,
@@ -250,11 +258,20 @@ def _on_interrupt(s: Session, out_dir: Path, step: int, position: int, saved: in
 
 def export_final(s: Session, path: Path) -> None:
     s.accelerator.wait_for_everyone()
+    full = _gathered_state(s)
     if s.accelerator.is_main_process:
-        s.policy.save_pretrained(path, safe_serialization=True)
+        s.policy.save_pretrained(path, safe_serialization=True, **({"state_dict": full} if full is not None else {}))
         s.tokenizer.save_pretrained(path)
         if s.critic is not None:   # the value model, for continuing PPO from this policy
             save_file({k: v.contiguous() for k, v in s.critic.unwrap().state_dict().items()},
                       str(path / "critic.safetensors"))
     s.accelerator.wait_for_everyone()
 
+
+def _gathered_state(s: Session) -> dict | None:
+    """Sharded training (FSDP, DeepSpeed): the full state dict, gathered by every rank (a collective) and held on
+    rank 0 (DeepSpeed ZeRO-3 needs ``zero3_save_16bit_model: true``, as in launch/deepspeed_zero3.yaml). None when
+    the policy holds full weights, which ``save_pretrained`` then reads itself."""
+    if s.accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return None
+    return s.accelerator.get_state_dict(s.model)

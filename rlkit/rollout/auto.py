@@ -17,9 +17,9 @@ log = logging.getLogger("rlkit")
 
 @ENGINES.register("auto")
 def auto_engine(model, tokenizer, accelerator=None, model_path: str | None = None, max_len: int = 256,
-                seed: int = 0):
+                seed: int = 0, lora=None):
     """Build the ``vllm`` engine if vLLM is importable, else ``hf``."""
     name = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
     log.info("rollout.engine=auto -> %s", name)
     return ENGINES.build(name, {}, model=model, tokenizer=tokenizer, accelerator=accelerator,
-                         model_path=model_path, max_len=max_len, seed=seed)
+                         model_path=model_path, max_len=max_len, seed=seed, lora=lora)

@@ -35,8 +35,13 @@ def check_sync(engine, policy, probe: tuple[list[int], list[int]], *, pad_id: in
     prompt, cont = probe
     ids = torch.tensor([cont])                                                           # [1, T]
     mask = torch.ones_like(ids, dtype=torch.bool)                                        # [1, T]
-    with torch.no_grad():
-        lp, _ = token_logprobs(policy, [prompt], ids, mask, pad_id=pad_id)              # [1, T]
+    mode = policy.training
+    policy.eval()   # as the engine samples: no dropout (e.g. model.lora.dropout)
+    try:
+        with torch.no_grad():
+            lp, _ = token_logprobs(policy, [prompt], ids, mask, pad_id=pad_id)          # [1, T]
+    finally:
+        policy.train(mode)
     diffs = {name: (lp[0].float().cpu() - torch.tensor(values)).abs().mean().item() for name, values in replicas.items()}
     tol = tolerance if tolerance is not None else default_tolerance(next(policy.parameters()).dtype, engine.precision)
     bad = {name: d for name, d in diffs.items() if not d <= tol}

