@@ -38,3 +38,33 @@ def sum_over_processes(accelerator: Accelerator, values: dict[str, float]) -> di
     keys = sorted(values)
     vals = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
     return dict(zip(keys, accelerator.reduce(vals, "sum").tolist()))
+
+
+def check_launch(accelerator: Accelerator | None = None) -> None:
+    """Refuse launches that would silently go wrong: a DeepSpeed config without the deepspeed package, and
+    ``accelerate launch`` starting N processes that each see a world of 1 -- what accelerate 1.15 does with an FSDP
+    or DeepSpeed config on a machine without GPUs (it enables FSDP/DeepSpeed only for accelerator devices, and
+    every process would then train alone and write the same output_dir)."""
+    import importlib.util
+    import os
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and \
+            importlib.util.find_spec("deepspeed") is None:
+        raise ImportError("this launch uses a DeepSpeed config (launch/deepspeed_zero*.yaml) but the deepspeed package "
+                          "is not installed: pip install 'rlkit[deepspeed]' (needs CUDA), or use launch/fsdp2.yaml")
+    cpu_fix = ("On CPU run `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...` or "
+               "`ACCELERATE_USE_CPU=1 accelerate launch --config_file launch/cpu_2proc.yaml ...` (data parallel, gloo)")
+    env = os.environ
+    mpi = any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE"))
+    if env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") and "MASTER_PORT" in env \
+            and "WORLD_SIZE" not in env and not mpi:
+        # accelerate 1.15's `launch --cpu --num_processes N` (and a config with use_cpu: true) goes to its simple
+        # launcher, which starts ONE process (it spreads CPU processes only through mpirun) but sets MASTER_PORT
+        raise RuntimeError("accelerate launch was asked for several CPU processes (--cpu with --num_processes > 1, or "
+                           "use_cpu: true in the config) but started only one: accelerate 1.15 spreads CPU processes "
+                           f"only through mpirun. {cpu_fix}. (Launching one process on purpose? unset MASTER_PORT.)")
+    launched = int(env.get("WORLD_SIZE", "1"))
+    if accelerator is not None and launched > accelerator.num_processes:
+        raise RuntimeError(f"accelerate launch started {launched} processes but each one runs alone "
+                           f"(distributed type {accelerator.distributed_type.value}): accelerate enables FSDP and "
+                           "DeepSpeed configs only on GPUs, and multi-GPU launches only where CUDA is available. "
+                           f"{cpu_fix}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,12 @@ def recipe_dict(model_dir: Path, data: dict[str, Path], out_dir: Path, **train) 
                   "seed": 0, **train},
         "logging": {"tensorboard": False},
     }
+
+
+def accelerate_cpu_cmd(procs: int, port: int) -> tuple[list[str], dict[str, str]]:
+    """`accelerate launch` of `procs` real CPU processes (gloo) running `rlkit.cli`, and its environment."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd(), "ACCELERATE_USE_CPU": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(procs),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), "-m", "rlkit.cli"]
+    return cmd, env

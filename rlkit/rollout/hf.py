@@ -15,6 +15,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rlkit.registry import ENGINES
 from rlkit.rollout import FINISH_LENGTH, FINISH_STOP, Completion, RolloutEngine, SamplingParams
+from rlkit.rollout.protocol import is_sharded
 
 _M32 = 0xFFFFFFFF
 
@@ -80,7 +81,11 @@ class SeededSampler(LogitsProcessor):
 
 @ENGINES.register("hf")
 class HFEngine(RolloutEngine):
-    """Batched ``model.generate`` on the live policy with seeded (counter-based) sampling."""
+    """Batched ``model.generate`` on the live policy with seeded (counter-based) sampling.
+
+    With a sharded policy (FSDP2, ZeRO-3) generation runs with ``synced_gpus``: each decoding step all-gathers the
+    layers on every rank, so all ranks step until the longest completion anywhere ends. This needs every rank to
+    make the same number of ``generate`` calls, which holds for equal per-rank prompt counts; for speed use vLLM."""
 
     def __init__(self, model, tokenizer, batch_size: int = 64):
         if batch_size < 1:
@@ -118,8 +123,11 @@ class HFEngine(RolloutEngine):
         was_training = model.training
         model.eval()
         try:
+            # sharded policy (FSDP2 / ZeRO-3): every forward all-gathers, so every rank keeps stepping until the
+            # longest sequence on any rank ends (transformers' synced_gpus), or the ranks would deadlock
             seqs = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                  generation_config=config, logits_processor=LogitsProcessorList([sampler]))
+                                  generation_config=config, logits_processor=LogitsProcessorList([sampler]),
+                                  synced_gpus=is_sharded(model))
         finally:
             model.train(was_training)
         logprobs = sampler.finish(seqs).cpu()                                              # [B, T]

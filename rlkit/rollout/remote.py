@@ -46,9 +46,9 @@ import torch
 
 from rlkit.registry import ENGINES
 from rlkit.rollout import Completion, RolloutEngine, SamplingParams
-from rlkit.rollout.protocol import (PROTOCOL_VERSION, RolloutWorkerError, authkey, broadcast, bucket_manifest,
-                                    host_store, iter_buckets, local_address, open_group, pack_bucket, parse_address,
-                                    sync_state)
+from rlkit.rollout.protocol import (PROTOCOL_VERSION, RolloutWorkerError, authkey, broadcast, bucket_manifest, drain,
+                                    gather_buckets, host_store, iter_buckets, local_address, open_group, pack_bucket,
+                                    parse_address, sync_sources)
 
 log = logging.getLogger("rlkit.remote")
 
@@ -105,6 +105,8 @@ class VLLMServerEngine(RolloutEngine):
         self._connect_all(connect_timeout_s)
         if self.rank == 0:                       # the workers' --model may be anything of the same architecture
             self._push(model)
+        else:
+            drain(model, self.bucket_bytes)      # a sharded policy: join rank 0's per-bucket gathers
         self._barrier()
         if self.rank != 0:
             self._follow()
@@ -286,7 +288,11 @@ class VLLMServerEngine(RolloutEngine):
     def sync_weights(self, model) -> dict[str, float]:
         self._barrier()                          # every rank's rollouts are done before the weights change
         self.version += 1
-        out = self._push(model) if self.rank == 0 else {}
+        if self.rank == 0:
+            out = self._push(model)
+        else:                                    # a sharded policy: join rank 0's per-bucket gathers
+            out = {}
+            drain(model, self.bucket_bytes)
         self._barrier()
         if self.rank != 0:
             self._follow()
@@ -296,11 +302,14 @@ class VLLMServerEngine(RolloutEngine):
         return dict(out)
 
     def _push(self, model) -> dict[str, float]:
-        """rank 0: send the state dict to every reachable worker, one broadcast per bucket."""
+        """rank 0: send the state dict to every reachable worker, one broadcast per bucket.
+
+        A sharded policy is gathered one bucket at a time (the manifests come from the full shapes first), with the
+        other ranks joining each gather through ``drain``; so every bucket is gathered even when no worker is
+        left, and only after the loop does a lost-everything error stop the run."""
         t0 = time.perf_counter()
         self._revive()
-        state = sync_state(model)
-        buckets = list(iter_buckets(state, self.bucket_bytes))
+        buckets = list(iter_buckets(sync_sources(model), self.bucket_bytes))          # planned, nothing gathered
         manifests = [bucket_manifest(b) for b in buckets]
         backend = self._backend(model)
         device = next(model.parameters()).device if backend == "nccl" else torch.device("cpu")
@@ -313,7 +322,7 @@ class VLLMServerEngine(RolloutEngine):
             except OSError as exc:
                 self._lost(w, f"send failed: {exc}")
         total = 0
-        for bucket in buckets:
+        for bucket in gather_buckets(buckets):
             flat = pack_bucket(bucket, device)                                          # [bucket bytes] uint8
             total += flat.numel()
             works = []

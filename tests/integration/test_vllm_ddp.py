@@ -4,14 +4,12 @@ passes the canary."""
 
 import importlib.util
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 import yaml
 
-from tests.conftest import recipe_dict
+from tests.conftest import accelerate_cpu_cmd, recipe_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess, pytest.mark.vllm, pytest.mark.timeout(900),
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm not installed")]
@@ -23,12 +21,11 @@ def test_each_rank_runs_its_own_engine(tiny_model_dir, arith_data, tmp_path):
                       mini_batches=2)
     cfg["rollout"]["engine"] = {"name": "vllm", "kv_cache_gib": 1, "max_model_len": 128}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines",
-           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533", "-m",
-           "rlkit.cli", "train", str(tmp_path / "r.yaml")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=800)
+    cmd, env = accelerate_cpu_cmd(2, 29533)
+    proc = subprocess.run(cmd + ["train", str(tmp_path / "r.yaml")], env=env, capture_output=True, text=True,
+                          timeout=800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "training on 2 process(es) (MULTI_CPU" in proc.stdout + proc.stderr
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "rollout/weight_version" in r]
     assert [r["rollout/weight_version"] for r in steps] == [1, 2, 3]

@@ -86,3 +86,22 @@ def test_greedy_and_finish_reasons(engine):
     assert a.token_ids == ref[:len(a.token_ids)]
     assert a.finish_reason == FINISH_LENGTH or a.token_ids[-1] == tok.eos_token_id
     assert len(a.token_ids) <= 4
+
+
+def test_sharded_policy_generates_in_lock_step(tiny_model_dir, monkeypatch):
+    """FSDP2/ZeRO-3 parameters make generate run with synced_gpus (ranks would otherwise deadlock when one rank's
+    completions end first); a plain policy does not pay for it."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    engine = HFEngine(model, AutoTokenizer.from_pretrained(tiny_model_dir), batch_size=4)
+    seen, generate = [], model.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["synced_gpus"])
+        return generate(*args, **{**kwargs, "synced_gpus": False})   # one process: nothing to sync with
+
+    monkeypatch.setattr(model, "generate", spy)
+    params = SamplingParams(temperature=1.0, max_new_tokens=3)
+    engine.generate([[5, 6, 7]], [1], params)
+    monkeypatch.setattr("rlkit.rollout.hf.is_sharded", lambda m: m is model)
+    engine.generate([[5, 6, 7]], [1], params)
+    assert seen == [False, True]
