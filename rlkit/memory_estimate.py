@@ -151,7 +151,7 @@ def estimate_memory(cfg: RecipeConfig, shape: ModelShape, *, world: int = 1, sha
             add("critic", 0 if offload else C * b_w / shard_params + C * (b_w + opt_per_param) / shard_state,
                 "separate backbone + head: weights, grads, AdamW")
     S = (prompt_tokens or cfg.data.max_prompt_tokens or DEFAULT_PROMPT_TOKENS) + cfg.rollout.max_new_tokens
-    budget = getattr(t, "max_tokens_per_micro", None)
+    budget = t.max_tokens_per_micro
     tokens = budget or t.micro_batch_size * S
     L, H, I, V = shape.layers, shape.hidden, shape.intermediate, shape.vocab
     if m.gradient_checkpointing:
@@ -161,7 +161,9 @@ def estimate_memory(cfg: RecipeConfig, shape: ModelShape, *, world: int = 1, sha
         act = tokens * L * (8 * H + 4 * I) * b_a
         act_note = f"{tokens} tokens/micro-batch, no gradient checkpointing"
     add("activations", act, act_note, phase="train")
-    chunk = getattr(t, "logprob_chunk_tokens", None)
+    chunk = t.logprob_chunk_tokens
+    if chunk == "auto":
+        chunk = max(1, 2 ** 24 // V)                                     # as rlkit/forward.py resolves it
     logit_tokens = min(chunk, tokens) if chunk else tokens
     add("logits / log-probs", logit_tokens * V * 12,
         f"chunks of {chunk} tokens" if chunk else "full [tokens, V] fp32 logits", phase="train")

@@ -17,6 +17,13 @@ def test_defaults_and_overrides():
     assert cfg.rollout.engine.name == "hf" and cfg.rollout.engine.kwargs == {"batch_size": 16}
 
 
+def test_overrides_leave_the_base_dict_alone():
+    base = {**BASE, "train": {"steps": 5}}
+    assert load_config(None, ["train.steps=7", "model.dtype=bfloat16"], base=base).train.steps == 7
+    assert base["train"] == {"steps": 5} and base["model"] == {"name_or_path": "m"}
+    assert load_config(None, [], base=base).train.steps == 5
+
+
 def test_unknown_key_names_key_and_closest():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["train.stesp=3"], base=BASE)
