@@ -18,13 +18,22 @@ def gather_lists(accelerator: Accelerator, values: list[Any]) -> list[list[Any]]
     return [v for _, v in sorted(flat, key=lambda pair: pair[0])]
 
 
+def _all_keys(accelerator: Accelerator, metrics: dict[str, float]) -> list[str]:
+    """The union of every process's metric names, sorted: processes may report different ones (e.g. only some
+    ranks talk to rollout workers), and a reduce over tensors of different lengths would break the collective."""
+    return sorted(set().union(*gather_lists(accelerator, sorted(metrics))))
+
+
 def mean_over_processes(accelerator: Accelerator, metrics: dict[str, float],
                         weights: float = 1.0) -> dict[str, float]:
-    """Weighted mean of each metric over processes (NaN entries are ignored)."""
-    if accelerator.num_processes == 1 or not metrics:
+    """Weighted mean of each metric over the processes that report it (NaN entries are ignored)."""
+    if accelerator.num_processes == 1:
         return dict(metrics)
-    keys = sorted(metrics)
-    vals = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
+    keys = _all_keys(accelerator, metrics)
+    if not keys:
+        return {}
+    vals = torch.tensor([float(metrics.get(k, math.nan)) for k in keys], dtype=torch.float64,
+                        device=accelerator.device)                                # [K]
     ok = torch.isfinite(vals)                                                    # [K]
     num = torch.where(ok, vals * weights, torch.zeros_like(vals))                # [K]
     den = ok.double() * weights                                                  # [K]
@@ -33,10 +42,13 @@ def mean_over_processes(accelerator: Accelerator, metrics: dict[str, float],
 
 
 def sum_over_processes(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
-    if accelerator.num_processes == 1 or not values:
+    """Sum of each value over processes (a process without a key adds 0)."""
+    if accelerator.num_processes == 1:
         return dict(values)
-    keys = sorted(values)
-    vals = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
+    keys = _all_keys(accelerator, values)
+    if not keys:
+        return {}
+    vals = torch.tensor([float(values.get(k, 0.0)) for k in keys], dtype=torch.float64, device=accelerator.device)
     return dict(zip(keys, accelerator.reduce(vals, "sum").tolist()))
 
 
