@@ -153,7 +153,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.small:
         args.vocab, args.tokens, args.hidden = 32000, 512, 256
-        args.chunk_rows = args.chunk_rows or 64  # the auto chunk (2**24 elements) would hold all 512 rows
+        args.chunk_rows = args.chunk_rows or 64  # the auto chunk (2**26 elements) would hold all 512 rows
     if args.worker:
         print(json.dumps(worker(args)))
         return

@@ -135,7 +135,7 @@ class TrainConfig(Strict):
     logprob_chunk_tokens: Literal["auto"] | int | None = Field(
         "auto", description="response positions per LM-head chunk when computing log-probs/entropy (update and "
         "scoring passes): the [tokens, V] logits never exist in full, backward recomputes each chunk. 'auto' = "
-        "2**24 // vocab positions (64 MiB per fp32 chunk buffer); 0 or null = full logits [n, S, V]. Models whose "
+        "2**26 // vocab positions (256 MiB per fp32 chunk buffer; 447 for a 150k vocabulary); 0 or null = full logits [n, S, V]. Models whose "
         "logits are not a plain linear head (soft-capping, logit scales) use full logits automatically")
     lr: float = Field(1e-6, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0)

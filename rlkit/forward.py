@@ -43,7 +43,7 @@ from rlkit.fused_logprob import check_fusable, linear_logprobs
 
 log = logging.getLogger("rlkit")
 
-ChunkTokens = Literal["auto"] | int | None   # positions per LM-head chunk; "auto" = 2**24 // V; 0 / None = full logits
+ChunkTokens = Literal["auto"] | int | None   # positions per LM-head chunk; "auto" = 2**26 // V; 0 / None = full logits
 _logged: set[str] = set()
 
 

@@ -23,10 +23,11 @@ import torch
 from rlkit import ops
 from rlkit.ops import AUTO_CHUNK_ELEMENTS
 
-# Logits elements per chunk when chunk_rows is None: 2**24 (64 MiB per fp32 buffer). A quarter of
-# ops.AUTO_CHUNK_ELEMENTS, because here the chunk buffers are the *only* [*, V] memory, so peak memory is
-# proportional to c*V; the matmuls stay large enough (c = 111 rows for V = 150k).
-FUSED_CHUNK_ELEMENTS = AUTO_CHUNK_ELEMENTS // 4
+# Logits elements per chunk when chunk_rows is None: 2**26 (256 MiB per fp32 buffer; c = 447 rows for V = 150k).
+# Peak memory is proportional to c*V, but small chunks cost time: benchmarks/memory.py at R=4096, V=150k, H=896
+# on 2 CPU cores measured c=111 (2**24 elements): memory 0.094x, time 1.15x of full logits; c=512: 0.123x, 0.82x;
+# c=2048: 0.249x, 0.90x.
+FUSED_CHUNK_ELEMENTS = AUTO_CHUNK_ELEMENTS
 
 # Config attributes of Hugging Face causal LMs that transform hidden states or logits between the backbone
 # and the softmax (soft-capping, logit scales, width multipliers, vocab trimming); the fused path cannot
@@ -178,7 +179,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     Equal to ``logprobs_from_logits(F.linear(hidden, weight, bias), targets)`` (same fp32 upcast after the
     matmul), but the [R, V] logits never exist: rows are processed ``chunk_rows`` at a time and recomputed
     in backward (see the module docstring). ``chunk_rows=None`` picks ``FUSED_CHUNK_ELEMENTS // V`` rows
-    (2**24 logits elements, 64 MiB per fp32 buffer).
+    (2**26 logits elements, 256 MiB per fp32 buffer).
 
     Under an enabled autocast the inputs are cast to its dtype first, as autocast does for ``nn.Linear``.
     Gradients flow to ``hidden``, ``weight`` and ``bias`` through ``logprobs`` only; the entropy is returned

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from rlkit.config import RecipeConfig
+from rlkit.fused_logprob import FUSED_CHUNK_ELEMENTS
 
 GIB = 2**30
 SHARDINGS = ("none", "fsdp2", "fsdp2_offload", "zero2", "zero3")
@@ -163,7 +164,7 @@ def estimate_memory(cfg: RecipeConfig, shape: ModelShape, *, world: int = 1, sha
     add("activations", act, act_note, phase="train")
     chunk = t.logprob_chunk_tokens
     if chunk == "auto":
-        chunk = max(1, 2 ** 24 // V)                                     # as rlkit/forward.py resolves it
+        chunk = max(1, FUSED_CHUNK_ELEMENTS // V)                        # as rlkit/fused_logprob.py resolves it
     logit_tokens = min(chunk, tokens) if chunk else tokens
     add("logits / log-probs", logit_tokens * V * 12,
         f"chunks of {chunk} tokens" if chunk else "full [tokens, V] fp32 logits", phase="train")

@@ -76,7 +76,7 @@ def test_full_fine_tuning_ddp_bytes(tmp_path):
     assert rows["reference model"] == 2e9
     tokens = 2 * (28 + 100)                                                   # micro_batch_size x S
     assert rows["activations"] == tokens * 10 * (8 * 1000 + 4 * 4000) * 2
-    assert rows["logits / log-probs"] == 167 * 100_000 * 12                 # "auto": 2**24 // V positions per chunk
+    assert rows["logits / log-probs"] == 256 * 100_000 * 12                 # "auto" (2**26 // V = 671) > 256 tokens
     assert est.train_bytes == pytest.approx(sum(v for k, v in rows.items() if "KV" not in k))
 
 
@@ -106,8 +106,8 @@ def test_chunked_logprobs_and_gradient_checkpointing(tmp_path):
     rows = _rows(estimate_memory(cfg, SHAPE))
     assert rows["activations"] == 1024 * 10 * 1000 * 4 + 1024 * (8 * 1000 + 4 * 4000) * 4
     assert rows["logits / log-probs"] == 256 * 100_000 * 12
-    cfg.train.logprob_chunk_tokens = "auto"                  # 2**24 // 100_000 = 167 positions per chunk
-    assert _rows(estimate_memory(cfg, SHAPE))["logits / log-probs"] == 167 * 100_000 * 12
+    cfg.train.logprob_chunk_tokens = "auto"                  # 2**26 // 100_000 = 671 positions per chunk
+    assert _rows(estimate_memory(cfg, SHAPE))["logits / log-probs"] == 671 * 100_000 * 12
     cfg.train.logprob_chunk_tokens = 0                       # full logits of the 1024-token micro-batch
     assert _rows(estimate_memory(cfg, SHAPE))["logits / log-probs"] == 1024 * 100_000 * 12
     cfg.train.max_tokens_per_micro = 512                     # the token budget bounds a micro-batch
