@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        return args.fn(args)
+        code = args.fn(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -265,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # after a normal return only: the ranks have finished their collectives (on an error path another rank may
+    # still be inside one, and tearing the group down could block the exit that reports the error)
+    from rlkit.dist import close_process_group
+    close_process_group()
+    return code
 
 
 if __name__ == "__main__":

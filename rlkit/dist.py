@@ -52,6 +52,19 @@ def sum_over_processes(accelerator: Accelerator, values: dict[str, float]) -> di
     return dict(zip(keys, accelerator.reduce(vals, "sum").tolist()))
 
 
+def close_process_group() -> None:
+    """Destroy the default process group, if one is up, before the process exits.
+
+    Without it a gloo rank can die at interpreter exit with "terminate called without an active exception"
+    (SIGABRT, exit code -6): the live ProcessGroupGloo's threads are destroyed still joinable. Measured on
+    2 CPU processes with torch 2.13: 6 of 12 runs of a metric reduction aborted that way, 0 of 12 with this call.
+    The ``rlkit`` command calls it after every command that returned normally; scripts that drive
+    :func:`rlkit.trainer.train` themselves under a launcher should call it (or ``Accelerator.end_training``) last.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def check_launch(accelerator: Accelerator | None = None) -> None:
     """Refuse launches that would silently go wrong: a DeepSpeed config without the deepspeed package, and
     ``accelerate launch`` starting N processes that each see a world of 1 -- what accelerate 1.15 does with an FSDP

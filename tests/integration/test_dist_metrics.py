@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.multiprocess]
 SCRIPT = r'''
 import json, sys
 from accelerate import Accelerator
-from rlkit.dist import mean_over_processes, sum_over_processes
+from rlkit.dist import close_process_group, mean_over_processes, sum_over_processes
 acc = Accelerator()
 assert acc.num_processes == 2, acc.num_processes
 r = acc.process_index
@@ -23,6 +23,7 @@ out = {"mean": mean_over_processes(acc, metrics), "sum": sum_over_processes(acc,
        "empty": mean_over_processes(acc, {})}
 if r == 0:
     open(sys.argv[1], "w").write(json.dumps(out))
+close_process_group()   # as the rlkit command does; without it a gloo rank may abort at exit (SIGABRT)
 '''
 
 

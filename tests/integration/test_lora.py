@@ -164,6 +164,7 @@ from accelerate import Accelerator
 from peft import get_peft_model_state_dict
 from safetensors.torch import save_file
 from rlkit.config import load_config
+from rlkit.dist import close_process_group
 from rlkit.trainer import _run, build_session
 cfg = load_config(sys.argv[1])
 acc = Accelerator()
@@ -171,6 +172,7 @@ assert acc.num_processes == 2, acc.num_processes
 s = build_session(cfg, acc)
 _run(s)
 save_file(get_peft_model_state_dict(s.policy), f"{cfg.train.output_dir}/adapter_rank{acc.process_index}.safetensors")
+close_process_group()
 """
 
 
