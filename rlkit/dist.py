@@ -53,16 +53,18 @@ def sum_over_processes(accelerator: Accelerator, values: dict[str, float]) -> di
 
 
 def close_process_group() -> None:
-    """Destroy the default process group, if one is up, before the process exits.
+    """Destroy the default process group of a multi-process run, if one is still up, before the process exits.
 
     Without it a gloo rank can die at interpreter exit with "terminate called without an active exception"
     (SIGABRT, exit code -6): the live ProcessGroupGloo's threads are destroyed still joinable. Measured on
     2 CPU processes with torch 2.13: 6 of 12 runs of a metric reduction aborted that way, 0 of 12 with this call.
-    The ``rlkit`` command calls it after every command that returned normally; scripts that drive
-    :func:`rlkit.trainer.train` themselves under a launcher should call it (or ``Accelerator.end_training``) last.
+    A one-process group is left alone: it is vLLM's own (an in-process engine creates a world of 1), and vLLM
+    tears it down when its engine shuts down. The ``rlkit`` command calls this after every command that returned
+    normally; scripts that drive :func:`rlkit.trainer.train` themselves under a launcher should call it last.
     """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.destroy_process_group()
 
 
 def check_launch(accelerator: Accelerator | None = None) -> None:

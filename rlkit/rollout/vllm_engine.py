@@ -175,7 +175,13 @@ class VLLMEngine(RolloutEngine):
         return probe_logprobs(self.llm, prompt_ids, response_ids, lora_request=self.lora_request)
 
     def close(self) -> None:
-        self.llm = None
+        """Shut the engine down now, not at interpreter exit: its memory is freed here, and vLLM tears down its
+        process groups (the launcher's default group included, as it does at exit) while they are still valid.
+        Left to vLLM's exit-time finalizer, the teardown ran after the default group was gone and printed
+        ``ValueError: Invalid process group specified``."""
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
         if self.adapter is not None:
             self.adapter.close()
 

@@ -27,6 +27,7 @@ def _launch(recipe, procs: int, timeout: int = 600) -> None:
         cmd += ["train", str(recipe)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-6000:]
     kind = "NO" if procs == 1 else "MULTI_CPU"
     assert f"training on {procs} process(es) ({kind}" in proc.stdout + proc.stderr, proc.stderr[-3000:]
 

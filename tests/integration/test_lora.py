@@ -92,6 +92,7 @@ def _train_vllm(tiny_model_dir, arith_data, out: Path, sync: str) -> tuple[list[
     tree["rollout"].update(engine={"name": "vllm", "max_model_len": 128, "kv_cache_gib": 1})
     (out.parent / f"{sync}.yaml").write_text(yaml.safe_dump(tree))
     log = _run([sys.executable, "-m", "rlkit.cli", "train", str(out.parent / f"{sync}.yaml")])
+    assert "Traceback" not in log, log[-6000:]    # the engine shut down cleanly (VLLMEngine.close)
     return [r for r in _rows(out) if "loss/total" in r], log
 
 

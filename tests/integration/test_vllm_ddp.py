@@ -25,6 +25,7 @@ def test_each_rank_runs_its_own_engine(tiny_model_dir, arith_data, tmp_path):
     proc = subprocess.run(cmd + ["train", str(tmp_path / "r.yaml")], env=env, capture_output=True, text=True,
                           timeout=800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-6000:]   # a clean exit: vLLM's groups torn down in order
     assert "training on 2 process(es) (MULTI_CPU" in proc.stdout + proc.stderr
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "rollout/weight_version" in r]
