@@ -1,7 +1,8 @@
 """RolloutBatch: the typed tensors one step works on, with documented shapes.
 
 Shapes: ``N`` completions (this process's share), ``T`` response tokens (padded width of this batch),
-``K`` reward components. Masks are bool, True = include. Everything a plug-in adds (advantages,
+``K`` reward components. A multi-turn episode is one row: its response interleaves model tokens
+(``response_mask``) and environment tokens (``token_mask & ~response_mask``, attended to but never trained on). Masks are bool, True = include. Everything a plug-in adds (advantages,
 token_weights, old_logprobs, ...) is a field here, so plug-ins talk through one object.
 """
 
@@ -17,7 +18,8 @@ import torch
 class RolloutBatch:
     prompt_ids: list[list[int]]          # N lists of prompt token ids (no padding)
     response_ids: torch.Tensor           # [N, T] long, right-padded with pad id
-    response_mask: torch.Tensor          # [N, T] bool, True on generated tokens (incl. EOS)
+    response_mask: torch.Tensor          # [N, T] bool, True on tokens the policy sampled (incl. EOS); the only
+                                         #   tokens that enter losses, log-probs, entropy, lengths, selection, KL
     rollout_logprobs: torch.Tensor       # [N, T] float, sampling log-probs from the engine (0 where masked)
     truncated: torch.Tensor              # [N] bool, finish reason "length"
     group_ids: torch.Tensor              # [N] long, global prompt index; a group never spans processes
@@ -38,6 +40,9 @@ class RolloutBatch:
     returns: torch.Tensor | None = None        # [N, T] value targets (set by advantage: gae)
     advantages: torch.Tensor | None = None     # [N, T] (0 where masked)
     token_weights: torch.Tensor | None = None  # [N, T] in [0, 1]; 0 = token not trained on
+    token_mask: torch.Tensor | None = None     # [N, T] bool, every real token after the prompt: model tokens and
+                                               #   tokens an environment inserted (context only); None = response_mask
+    episodes: list[Any] = field(default_factory=list)  # N rlkit.environments.runner.EpisodeRecord (multi-turn only)
     extras: dict[str, Any] = field(default_factory=dict)  # plug-in specific data (documented by the plug-in)
 
     def __len__(self) -> int:

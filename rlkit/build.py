@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlkit.config import RecipeConfig
+from rlkit.environments.build import build_environment
 from rlkit.plugin_api import SCORING_FIELDS
 from rlkit.registry import (ADVANTAGES, AGGREGATIONS, ENGINES, LOSSES, OBJECTIVES, SAMPLERS, SELECTIONS,
                             load_builtins)
@@ -19,10 +20,12 @@ class Plugins:
     selection: Any
     losses: list[Any]
     aggregation: Any
+    environment: Any = None
 
     def all(self) -> dict[str, Any]:
-        out = {"sampler": self.sampler, "objective": self.objective, "advantage": self.advantage,
-               "selection": self.selection, "aggregation": self.aggregation}
+        out = {"environment": self.environment} if self.environment is not None else {}
+        out |= {"sampler": self.sampler, "objective": self.objective, "advantage": self.advantage,
+                "selection": self.selection, "aggregation": self.aggregation}
         out.update({f"loss.{i}": loss for i, loss in enumerate(self.losses)})
         return out
 
@@ -58,10 +61,12 @@ class Plugins:
 
 
 def build_plugins(cfg: RecipeConfig) -> Plugins:
+    """Every plug-in of the recipe; ``max_len`` (the most model tokens a row can hold) comes from the environment."""
     load_builtins()
-    ctx = {"max_len": cfg.rollout.max_new_tokens, "total_steps": cfg.train.steps, "group_size": cfg.rollout.n,
-           "seed": cfg.train.seed}
-    plugins = Plugins(
+    environment = build_environment(cfg.environment.name, cfg.environment.kwargs)
+    ctx = {"max_len": model_token_bound(cfg, environment), "total_steps": cfg.train.steps,
+           "group_size": cfg.rollout.n, "seed": cfg.train.seed}
+    plugins = Plugins(environment=environment,
         sampler=SAMPLERS.build(cfg.sampler.name, cfg.sampler.kwargs, **ctx),
         objective=OBJECTIVES.build(cfg.objective.name, cfg.objective.kwargs, **ctx),
         advantage=ADVANTAGES.build(cfg.advantage.name, cfg.advantage.kwargs, **ctx),
@@ -71,6 +76,13 @@ def build_plugins(cfg: RecipeConfig) -> Plugins:
     )
     plugins.check_chain()
     return plugins
+
+
+def model_token_bound(cfg: RecipeConfig, environment) -> int:
+    """Most policy-sampled tokens one row can hold: rollout.max_new_tokens, times the turns of an episode."""
+    if not environment.multi_turn:
+        return cfg.rollout.max_new_tokens
+    return environment.max_model_tokens(cfg.rollout.max_new_tokens)
 
 
 ENGINE_CONTEXT = ("model", "tokenizer", "accelerator", "model_path", "max_len", "seed", "lora")

@@ -110,9 +110,16 @@ class RewardFnConfig(Strict):
 
 
 class RewardConfig(Strict):
-    functions: list[RewardFnConfig] = Field(min_length=1, description="reward functions, summed with weights")
+    functions: list[RewardFnConfig] = Field(
+        default_factory=list, description="reward functions, summed with weights; may be empty only when the "
+        "environment scores its episodes itself (a TRL-style environment class with get_reward)")
     timeout_s: float = Field(30.0, gt=0, description="per call; a timed-out sample gets failure_value")
     failure_value: float = Field(0.0, description="reward given to a sample whose reward function failed")
+    executor: Literal["auto", "process", "thread"] = Field(
+        "auto", description="where reward calls run: process = a killable worker process (rlkit.sandbox; a hung "
+        "call is killed at timeout_s), thread = a daemon thread in the trainer (for rewards holding a model or "
+        "other state that cannot cross a process boundary; a hung call leaks its thread). auto = process for "
+        "plain importable functions, thread for callable objects and functions with bound state")
 
 
 class TrainConfig(Strict):
@@ -213,8 +220,12 @@ class RecipeConfig(Strict):
     losses: list[PluginSpec] = Field(default_factory=lambda: [PluginSpec(name="ppo_clip")],
                                      description="per-token loss terms, summed")
     aggregation: PluginSpec = Field(default_factory=lambda: PluginSpec(name="token_mean"))
+    environment: PluginSpec = Field(
+        default_factory=lambda: PluginSpec(name="single_turn"),
+        description="what happens between model turns: single_turn (one completion per prompt), tools "
+        "(tool-calling episodes), or a TRL-style environment class 'path/file.py:MyEnv'")
 
-    @field_validator("sampler", "objective", "advantage", "selection", "aggregation", mode="before")
+    @field_validator("sampler", "objective", "advantage", "selection", "aggregation", "environment", mode="before")
     @classmethod
     def _plugin_name(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
@@ -313,7 +324,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 PLUGIN_DEFAULTS: dict[str, Any] = {
     "sampler": {"name": "fixed"}, "objective": {"name": "mean"}, "advantage": {"name": "grpo"},
-    "selection": {"name": "all"}, "aggregation": {"name": "token_mean"},
+    "selection": {"name": "all"}, "aggregation": {"name": "token_mean"}, "environment": {"name": "single_turn"},
     "losses": lambda: [{"name": "ppo_clip"}],
 }
 

@@ -35,6 +35,7 @@ class PromptItem:
     prompt: str                    # the text given to the model, chat template applied
     prompt_ids: list[int]          # its token ids (no special tokens beyond the template's)
     columns: dict[str, Any] = field(default_factory=dict)  # every other column (answer, data_source ...)
+    raw_prompt: Any = None         # the prompt column's value as stored (a string or chat messages), for environments
 
 
 def stack_columns(items: list[PromptItem]) -> dict[str, list[Any]]:
@@ -183,7 +184,7 @@ class PromptSource:
         row = self.dataset[int(index)]
         columns = {k: v for k, v in row.items() if k != self.prompt_column}
         return PromptItem(index=int(index), prompt=self._texts[index], prompt_ids=list(self._ids[index]),
-                          columns=columns)
+                          columns=columns, raw_prompt=row[self.prompt_column])
 
     def batch(self, start: int, size: int) -> list[PromptItem]:
         """Stream positions ``start .. start+size-1`` (epochs concatenated; see the module docstring)."""

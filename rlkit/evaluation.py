@@ -11,31 +11,36 @@ import math
 
 import torch
 
-from rlkit.data import stack_columns
 from rlkit.dist import sum_over_processes
 from rlkit.rollout import FINISH_LENGTH, SamplingParams, completion_seed
+from rlkit.rollout.collect import generate_and_score
 
 
 def evaluate(accelerator, engine, prompts: list, rewards, tokenizer, params: SamplingParams, *,
-             seed: int = 0) -> dict[str, float]:
+             seed: int = 0, runner=None) -> dict[str, float]:
+    """Held-out metrics; with an episode ``runner`` (multi-turn environment) each prompt is one episode and the
+    tool-call rate is reported too (``eval/tool_calls_mean``)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = prompts[rank::world]
-    totals = {"n": 0.0, "success": 0.0, "reward": 0.0, "length": 0.0, "truncated": 0.0, "scored": 0.0}
+    totals = {"n": 0.0, "success": 0.0, "reward": 0.0, "length": 0.0, "truncated": 0.0, "scored": 0.0,
+              "tool_calls": 0.0, "tool_episodes": 0.0}
     if mine:
         seeds = [completion_seed(seed, -1, p.index, 0, salt=1) for p in mine]
-        comps = engine.generate([p.prompt_ids for p in mine], seeds, params)
-        texts = tokenizer.batch_decode([c.token_ids for c in comps], skip_special_tokens=True)
-        columns = stack_columns(mine)
-        result = rewards.score([p.prompt for p in mine], texts, columns, completion_ids=[c.token_ids for c in comps])
+        comps, _, result, _ = generate_and_score(engine, runner, rewards, tokenizer, mine, seeds, params)
+        episodes = [c.episode for c in comps if c.episode is not None]
+        totals.update(tool_calls=float(sum(e.stats.calls for e in episodes)),
+                      tool_episodes=float(sum(e.stats.calls > 0 for e in episodes)))
         success = torch.where(torch.isnan(result.success), (result.rewards > 0).float(), result.success)   # [n]
         scored = ~torch.isnan(result.rewards)                                                               # [n]
         totals.update(n=float(len(mine)), success=float(torch.nan_to_num(success).sum()),
                       reward=float(result.rewards[scored].sum()), scored=float(scored.sum()),
-                      length=float(sum(len(c.token_ids) for c in comps)),
+                      length=float(sum(sum(c.model_mask) if c.model_mask else len(c.token_ids) for c in comps)),
                       truncated=float(sum(c.finish_reason == FINISH_LENGTH for c in comps)))
     totals = sum_over_processes(accelerator, totals)
     n = max(totals["n"], 1.0)
     return {"eval/accuracy": totals["success"] / n,
             "eval/reward": totals["reward"] / totals["scored"] if totals["scored"] else math.nan,
             "eval/length_mean": totals["length"] / n, "eval/truncated_frac": totals["truncated"] / n,
-            "eval/num_prompts": totals["n"]}
+            "eval/num_prompts": totals["n"],
+            **({"eval/tool_calls_mean": totals["tool_calls"] / n, "eval/tool_use_frac": totals["tool_episodes"] / n}
+               if runner is not None else {})}

@@ -47,8 +47,12 @@ def _grad_enabled_on(params: list[torch.nn.Parameter]):
 
 
 def sequence_grad_norms(model, prompt_ids: list[list[int]], responses: list[list[int]], *, pattern: str,
-                        pad_id: int, temperature: float = 1.0, autocast=contextlib.nullcontext) -> torch.Tensor:
-    """g_j for each sequence (module docstring) -> [k] float32 on CPU; empty responses give 0."""
+                        pad_id: int, temperature: float = 1.0, autocast=contextlib.nullcontext,
+                        masks: list[list[bool]] | None = None) -> torch.Tensor:
+    """g_j for each sequence (module docstring) -> [k] float32 on CPU; empty responses give 0.
+
+    ``masks``: per response token, True where the policy sampled it (multi-turn episodes: tokens an environment
+    inserted are context, outside the sum); None = every token."""
     if len(prompt_ids) != len(responses):
         raise ValueError(f"gradient probe: {len(prompt_ids)} prompts for {len(responses)} responses")
     params = [p for _, p in probe_parameters(model, pattern)]
@@ -61,6 +65,8 @@ def sequence_grad_norms(model, prompt_ids: list[list[int]], responses: list[list
                 if not response:
                     continue
                 ids, mask = right_pad([response], pad_id)  # [1, L], [1, L]
+                if masks is not None:
+                    mask = mask & torch.tensor(masks[j], dtype=torch.bool)[None]  # [1, L] model tokens only
                 with autocast():
                     logprobs, _ = token_logprobs(model, [prompt], ids, mask, pad_id=pad_id,
                                                  temperature=temperature)  # [1, L]

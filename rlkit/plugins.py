@@ -3,6 +3,7 @@
 import rewards  # noqa: F401  (built-in reward functions: exact_match, math_verify, format)
 import rlkit.advantages  # noqa: F401
 import rlkit.aggregation  # noqa: F401
+import rlkit.environments  # noqa: F401  (single_turn, tools, hermes parser)
 import rlkit.losses  # noqa: F401
 import rlkit.objectives  # noqa: F401
 import rlkit.rollout.auto  # noqa: F401

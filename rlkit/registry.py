@@ -161,10 +161,12 @@ LOSSES = Registry("loss")
 AGGREGATIONS = Registry("aggregation")
 REWARDS = Registry("reward")
 ENGINES = Registry("rollout")
+ENVIRONMENTS = Registry("environment")
+TOOL_PARSERS = Registry("tool_parser")
 
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in
                                    (SAMPLERS, OBJECTIVES, ADVANTAGES, SELECTIONS, LOSSES, AGGREGATIONS, REWARDS,
-                                    ENGINES)}
+                                    ENGINES, ENVIRONMENTS, TOOL_PARSERS)}
 
 
 def load_builtins() -> None:

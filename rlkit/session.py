@@ -19,6 +19,8 @@ from rlkit.build import Plugins, build_engine, build_plugins, check_engine
 from rlkit.config import RecipeConfig
 from rlkit.critic import build_critic
 from rlkit.dist import gather_lists
+from rlkit.environments.render import ChatRenderer
+from rlkit.environments.runner import EpisodeRunner
 from rlkit.data import PromptSource, is_local_source, load_prompt_dataset
 from rlkit.grad_probe import sequence_grad_norms
 from rlkit.lora import AdapterDisabledReference
@@ -50,20 +52,37 @@ class Session:
     eval_sampling: SamplingParams
     probe: tuple[list[int], list[int]]   # fixed sequence for the weight-sync canary
     critic: Any | None = None            # rlkit.critic.Critic when a plug-in needs values
+    runner: EpisodeRunner | None = None  # multi-turn environments (None: single-turn completions)
 
     @property
     def policy(self):
         return self.accelerator.unwrap_model(self.model)
 
 
-def reward_manager(cfg: RecipeConfig) -> RewardManager:
+def reward_manager(cfg: RecipeConfig, environment=None) -> RewardManager:
+    """The recipe's reward functions, plus the environment's own episode reward (weight 1) when it has one."""
     specs = [RewardSpec(name=f.name, weight=f.weight, kwargs=f.kwargs) for f in cfg.reward.functions]
+    own = getattr(environment, "reward_name", None)
+    if not specs and own is None:
+        raise ValueError("reward.functions is empty and the environment "
+                         f"'{cfg.environment.name}' has no reward of its own (get_reward): add at least one reward "
+                         "function under reward.functions (e.g. `- name: exact_match`)")
+    extra = {"allow_empty": True, "external_names": [own]} if own else {}
     return RewardManager(specs, timeout_s=cfg.reward.timeout_s, failure_value=cfg.reward.failure_value,
-                         answer_column=cfg.data.answer_column)
+                         answer_column=cfg.data.answer_column, executor=cfg.reward.executor, **extra)
+
+
+def check_environment(cfg: RecipeConfig, environment) -> None:
+    """A multi-turn environment needs a chat template that renders its tools and tool messages (tokenizer only)."""
+    if not environment.multi_turn:
+        return
+    tokenizer = load_tokenizer(cfg.model)
+    ChatRenderer(tokenizer, environment.tool_schemas()).check({"role": "tool", "name": "probe", "content": "1"})
 
 
 def check_recipe(cfg: RecipeConfig, *, check_files: bool = True) -> tuple[Plugins, RewardManager]:
-    """Every model-free check: plug-ins build, rewards load with valid signatures, files exist."""
+    """Every model-free check: plug-ins build, rewards load with valid signatures, files exist, and a multi-turn
+    environment's tools render with the chat template (which loads the tokenizer, not the model)."""
     plugins = build_plugins(cfg)
     needs = plugins.requires()
     if "values" in needs and cfg.critic is None:
@@ -74,9 +93,10 @@ def check_recipe(cfg: RecipeConfig, *, check_files: bool = True) -> tuple[Plugin
         log.warning("critic configured but no plug-in uses values (advantage: gae, loss: value); it will be "
                     "trained for nothing -- remove the `critic:` section")
     check_engine(cfg)
-    rewards = reward_manager(cfg)
+    rewards = reward_manager(cfg, plugins.environment)
     if check_files:
         check_model_source(cfg.model)
+        check_environment(cfg, plugins.environment)
         for name in ("train", "eval"):
             source = getattr(cfg.data, name)
             if source and is_local_source(source) and not Path(source).exists():
@@ -96,9 +116,10 @@ def prompt_source(cfg: RecipeConfig, tokenizer, rewards: RewardManager, source: 
 
 def sampler_tools(accelerator, policy, pad_id: int, temperature: float) -> SamplerTools:
     """What samplers may ask of the trainer's side: gradient norms of the current policy (GVM), a gather (VADE)."""
-    def grad_norms(prompt_ids: list[list[int]], responses: list[list[int]], pattern: str) -> torch.Tensor:
+    def grad_norms(prompt_ids: list[list[int]], responses: list[list[int]], pattern: str,
+                   masks: list[list[bool]] | None = None) -> torch.Tensor:
         return sequence_grad_norms(policy, prompt_ids, responses, pattern=pattern, pad_id=pad_id,
-                                   temperature=temperature, autocast=accelerator.autocast)
+                                   temperature=temperature, autocast=accelerator.autocast, masks=masks)
     return SamplerTools(grad_norms=grad_norms, gather=partial(gather_lists, accelerator),
                         process_index=accelerator.process_index)
 
@@ -147,5 +168,6 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
     eval_sampling = SamplingParams(cfg.eval.max_new_tokens or r.max_new_tokens, cfg.eval.temperature, r.top_p, r.top_k)
     probe = make_probe(tokenizer, train_prompts.item(0).prompt_ids)
     plugins.sampler.bind(sampler_tools(accelerator, policy, tokenizer.pad_token_id, sampling.temperature))
+    runner = EpisodeRunner(plugins.environment, tokenizer) if plugins.environment.multi_turn else None
     return Session(cfg, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, plugins, needs,
-                   rewards, train_prompts, eval_prompts, sampling, eval_sampling, probe, critic)
+                   rewards, train_prompts, eval_prompts, sampling, eval_sampling, probe, critic, runner)

@@ -13,6 +13,7 @@ from accelerate.utils import DistributedType, set_seed
 from safetensors.torch import save_file
 
 from rlkit.batch import RolloutBatch
+from rlkit.build import model_token_bound
 from rlkit.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from rlkit.config import RecipeConfig, dump_config
 from rlkit.dist import check_launch, mean_over_processes
@@ -61,7 +62,7 @@ def rollout_phase(s: Session, step: int, position: int) -> tuple[RolloutBatch, d
     first = position + acc.process_index * draw
     prompts = s.train_prompts.batch(first, draw)
     ctx = RolloutContext(s.engine, s.plugins.sampler, s.rewards, s.tokenizer, s.sampling, cfg.rollout.n,
-                         cfg.train.seed)
+                         cfg.train.seed, runner=s.runner)
     batch, metrics = collect_rollouts(ctx, prompts, list(range(first, first + draw)), step,
                                       s.tokenizer.pad_token_id)
     return batch, metrics | rollout_metrics(batch)
@@ -134,7 +135,8 @@ def sync_engine(s: Session, version: int) -> dict[str, float]:
 
 def _sample_rows(batch: RolloutBatch, k: int = 4) -> list[dict]:
     adv = batch.advantages[:, 0] if batch.advantages is not None else torch.zeros(len(batch))
-    return [{"prompt": batch.prompts[i], "completion": batch.completions[i], "reward": float(batch.raw_rewards[i]),
+    shown = [e.transcript() for e in batch.episodes] if batch.episodes else batch.completions
+    return [{"prompt": batch.prompts[i], "completion": shown[i], "reward": float(batch.raw_rewards[i]),
              "success": float(batch.success[i]), "advantage": float(adv[i])} for i in range(min(k, len(batch)))]
 
 
@@ -154,7 +156,7 @@ def _eval(s: Session, step: int, logger: MetricsLogger, label: str) -> dict[str,
     if not s.eval_prompts:
         return {}
     result = evaluate(s.accelerator, s.engine, s.eval_prompts, s.rewards, s.tokenizer, s.eval_sampling,
-                      seed=s.cfg.train.seed)
+                      seed=s.cfg.train.seed, runner=s.runner)
     logger.log(step, result)
     if s.accelerator.is_main_process:
         print_table(format_eval_table(result, title=f"held-out evaluation ({label}, step {step})"))
@@ -176,6 +178,8 @@ def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str
         return _run(s)
     finally:
         s.engine.close()   # e.g. tells rollout workers to drop this trainer's requests
+        s.plugins.environment.close()   # tool worker processes
+        s.rewards.close()               # reward worker processes
 
 
 def _run(s: Session) -> dict[str, float]:
@@ -194,7 +198,8 @@ def _run(s: Session) -> dict[str, float]:
                            enabled=acc.is_main_process)
     update_ctx = UpdateContext(acc, s.model, s.optimizer, s.scheduler, s.plugins.losses, s.plugins.aggregation,
                                s.tokenizer.pad_token_id, s.sampling.temperature, t.micro_batch_size, t.epochs,
-                               t.mini_batches, t.max_grad_norm, cfg.rollout.max_new_tokens, t.seed, t.max_nan_steps,
+                               t.mini_batches, t.max_grad_norm, model_token_bound(cfg, s.plugins.environment), t.seed,
+                               t.max_nan_steps,
                                critic=s.critic, logprob_chunk_tokens=t.logprob_chunk_tokens,
                                max_tokens_per_micro=t.max_tokens_per_micro,
                                pack_sequences=resolve_packing(t.pack_sequences, s.policy))

@@ -33,10 +33,20 @@ class SamplingParams:
 
 @dataclass
 class Completion:
+    """One completion, or one multi-turn episode (``rlkit.environments``): everything after the prompt.
+
+    For an episode ``token_ids`` interleaves model tokens and tokens the environment inserted (tool results,
+    follow-up turns); ``model_mask`` says which are which (True = sampled by the policy; None = all of them, the
+    single-turn case), and ``logprobs`` is 0.0 on inserted tokens. ``prompt_ids`` is set when the episode's prompt
+    differs from the dataset prompt's (tool schemas rendered into it, text added by the environment's reset)."""
+
     token_ids: list[int]                 # generated ids, up to and including the stop token
     logprobs: list[float]                # one per token in token_ids
     finish_reason: str                   # "stop" (EOS/stop token) or "length" (max_new_tokens reached)
     extras: dict[str, Any] = field(default_factory=dict)
+    model_mask: list[bool] | None = None  # per token: True = sampled by the policy (None = every token)
+    prompt_ids: list[int] | None = None   # the episode's own prompt (None = the PromptItem's prompt_ids)
+    episode: Any = None                    # rlkit.environments.EpisodeRecord of a multi-turn episode, else None
 
 
 def _mix32(x: int) -> int:

@@ -60,13 +60,13 @@ class SamplerTools:
 
     grad_norms(prompt_ids, response_ids) -> [k] float: for each sequence, ‖∇_θsub (−Σ_t log π(y_t | x, y_<t))‖₂ of
     the *current* policy, θsub being the parameters whose name contains the sampler's ``params`` pattern
-    (``rlkit.grad_probe.sequence_grad_norms``).
+    (``rlkit.grad_probe.sequence_grad_norms``); ``masks`` (multi-turn episodes) keeps environment tokens out of the sum.
     gather(values) -> every process's list, in rank order (``rlkit.dist.gather_lists``); samplers whose cross-step
     state must be the same on every process (VADE's posteriors) share their evidence through it.
     process_index: this process's rank.
     """
 
-    grad_norms: Callable[[list[list[int]], list[list[int]], str], torch.Tensor]
+    grad_norms: Callable[..., torch.Tensor]   # (prompt_ids, response_ids, pattern, masks=None) -> [k]
     gather: Callable[[list], list[list]] = lambda values: [list(values)]
     process_index: int = 0
 

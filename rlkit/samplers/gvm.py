@@ -118,9 +118,11 @@ class GVMSampler(Sampler):
             raise RuntimeError("sampler 'gvm' needs the trainer's gradient probe; call Sampler.bind(SamplerTools(...)) "
                                "first (build_session does)")
         t0 = time.perf_counter()
-        norms = self.tools.grad_norms([pool.prompts[i].prompt_ids for i, _ in wanted],
-                                      [list(pool.completions[r].token_ids) for _, r in wanted],
-                                      self.params).tolist() if wanted else []
+        comps = [(pool.prompts[i], pool.completions[r]) for i, r in wanted]
+        masks = [c.model_mask for _, c in comps] if any(c.model_mask is not None for _, c in comps) else None
+        norms = self.tools.grad_norms([c.prompt_ids if c.prompt_ids is not None else p.prompt_ids for p, c in comps],
+                                      [list(c.token_ids) for _, c in comps], self.params,
+                                      **({"masks": masks} if masks else {})).tolist() if wanted else []
         self._metrics["probe_grad_s"] = time.perf_counter() - t0
         per_prompt: dict[int, list[float]] = {}
         for (i, _), g in zip(wanted, norms):
