@@ -25,13 +25,33 @@ function is logged with its traceback, later ones only counted (metrics ``failur
 function fails on every sample of a call, ``RewardFailure`` stops the run; so does a batch function that
 returns the wrong number of items or a dataset column it needs being absent.
 
-Timeouts: each call runs in a daemon ``threading.Thread`` joined with ``timeout_s`` (per batch call for
-batch functions, per sample for verl-style). Python cannot kill a thread, so a hung reward leaks one daemon
-thread, which keeps running in the background but never blocks interpreter exit (unlike
-``ThreadPoolExecutor`` workers). After 3 consecutive per-sample timeouts the rest of that call is marked
-timed out without calling, so a reward that always hangs costs a few ``timeout_s``, not ``N * timeout_s``.
-``timeout_s=None`` (or <= 0) calls inline, without a thread. Rewards therefore run outside the main thread:
-they must not rely on ``signal`` (e.g. SIGALRM timeouts).
+Timeouts and executors (``executor=``, recipe ``reward.executor``): ``timeout_s`` applies per batch call for
+batch functions and per sample for verl-style ones, in one of two places:
+
+* ``process``: the call goes to a worker process of a :class:`rlkit.sandbox.ProcessExecutor` (2 workers,
+  started on first use; closed by ``close()``). The worker resolves the reward's reference itself (a
+  registered name, ``module:attr`` or ``path/file.py:attr`` -- made absolute) and gets the bound options and
+  the batch as keyword arguments, so they must be picklable. A call past ``timeout_s`` is killed with its
+  whole process group: nothing leaks, and the next call runs on a fresh worker. A worker crash (segfault,
+  ``os._exit``) fails that call only. No memory limit, no network isolation, CPU time limited only to
+  ``timeout_s`` per core; the worker runs in the trainer's working directory. Import time of the reward
+  module is not counted in ``timeout_s``. Rewards run in the worker's main thread, so ``signal`` works.
+* ``thread``: the call runs in a daemon ``threading.Thread`` joined with ``timeout_s``. Python cannot kill a
+  thread, so a hung reward leaks one daemon thread, which keeps running in the background but never blocks
+  interpreter exit (unlike ``ThreadPoolExecutor`` workers). Rewards then run outside the main thread: they
+  must not rely on ``signal`` (e.g. SIGALRM timeouts). Pick ``thread`` for rewards holding a model, a client
+  or other state that cannot cross a process boundary (or should not be loaded once per worker).
+* ``auto`` (default): ``process`` for plain importable functions (a module-level ``def``, built-in or named as
+  ``module:attr`` / ``path/file.py:attr``), ``thread`` for anything else (callable objects, class instances,
+  ``functools.partial``, lambdas, closures, functions of ``__main__``). The choice is logged once per function.
+
+After 3 consecutive per-sample timeouts the rest of that call is marked timed out without calling, so a reward
+that always hangs costs a few ``timeout_s``, not ``N * timeout_s``. ``timeout_s=None`` (or <= 0) calls inline,
+in the caller's thread, whatever the executor.
+
+External components (``external_names=`` / ``score(external=...)``): rewards computed elsewhere (an
+environment's own episode reward), one list of N floats or None per name. Each is combined exactly like a
+reward function of weight 1.0 and listed after the functions in ``names`` and ``components``.
 """
 
 from __future__ import annotations
@@ -41,16 +61,20 @@ import inspect
 import logging
 import math
 import numbers
+import os
 import threading
 import time
 import traceback
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 import numpy as np
 import torch
 
-from rlkit.registry import REWARDS, PluginError, closest
+from rlkit.registry import REWARDS, PluginError, closest, import_object
+from rlkit.sandbox import ProcessExecutor, SandboxCallError, SandboxLimits, SandboxTimeout
 
 logger = logging.getLogger("rlkit.rewards")
 
@@ -58,6 +82,9 @@ BATCH, PER_SAMPLE = "batch", "per_sample"
 FILLED = frozenset({"completions", "prompts", "completion_ids", "solution_str", "ground_truth", "data_source",
                     "extra_info"})
 MAX_CONSECUTIVE_TIMEOUTS = 3
+EXECUTORS = ("auto", "process", "thread")
+PROCESS_WORKERS = 2
+_ANNOUNCED: set[tuple[str, str]] = set()   # (reward, executor) pairs already logged
 SIGNATURES = ("fn(completions, prompts=None, **columns) -> list  (TRL-style, one call per batch), or "
               "compute_score(data_source, solution_str, ground_truth, extra_info=None)  (verl-style, per sample)")
 
@@ -89,6 +116,9 @@ class RewardFunction:
     weight: float
     params: Mapping[str, inspect.Parameter]
     bound: frozenset[str] = frozenset()
+    options: dict[str, Any] = field(default_factory=dict)   # the bound kwargs (sent to a worker process)
+    worker_ref: str | None = None  # reference a fresh process resolves to this same function; None = not importable
+    executor: str = "thread"       # where calls run: "process", "thread" or "inline" (set by RewardManager)
 
     @property
     def var_kw(self) -> bool:
@@ -111,7 +141,7 @@ class RewardResult:
     success: torch.Tensor        # [N] float 1.0/0.0; NaN = no function reported success
     components: torch.Tensor     # [N, K] float, raw (unweighted) value per function; NaN = None
     metrics: dict[str, float]
-    names: list[str]             # [K] function names, the columns of ``components``
+    names: list[str]             # [K] function names, then external names: the columns of ``components``
 
 
 def check_signature(fn: Callable[..., Any]) -> str:
@@ -158,7 +188,32 @@ def load_reward(spec: RewardSpec) -> RewardFunction:
     if not (isinstance(spec.weight, numbers.Real) and math.isfinite(spec.weight)):
         raise PluginError(f"reward '{spec.name}': weight must be a finite number, got {spec.weight!r}")
     return RewardFunction(name=_display_name(spec.name, fn), fn=functools.partial(fn, **spec.kwargs),
-                          style=style, weight=float(spec.weight), params=params, bound=frozenset(spec.kwargs))
+                          style=style, weight=float(spec.weight), params=params, bound=frozenset(spec.kwargs),
+                          options=dict(spec.kwargs), worker_ref=worker_ref(spec.name, fn))
+
+
+def _absolute(ref: str) -> str:
+    """``path/file.py:attr`` with the path made absolute (workers may run elsewhere); other refs unchanged."""
+    module, _, attr = ref.rpartition(":")
+    return f"{Path(module).resolve()}:{attr}" if module.endswith(".py") or "/" in module else ref
+
+
+def worker_ref(name: str, fn: Any) -> str | None:
+    """A reference that a fresh process resolves to ``fn`` itself, or None when ``fn`` is not a plain importable
+    function (callable objects, class instances, partials, lambdas, closures, functions of ``__main__``)."""
+    if (not inspect.isfunction(fn) or "<" in fn.__qualname__ or fn.__closure__ is not None
+            or fn.__module__ in (None, "__main__")):
+        return None
+    if ":" in name:
+        ref = _absolute(name)
+    elif fn.__module__.partition(".")[0] == "rewards":
+        return name                   # a built-in: the worker imports ``rewards`` and looks the name up
+    else:
+        ref = f"{fn.__module__}:{fn.__qualname__}"
+    try:
+        return ref if import_object(ref) is fn else None
+    except Exception:  # noqa: BLE001  (not importable by that reference: stay in a thread)
+        return None
 
 
 def _missing_columns(rf: RewardFunction, columns: Iterable[str], answer_column: str) -> list[str]:
@@ -269,7 +324,9 @@ class _Outcome:
     def fail(self, i: int, exc: Exception) -> None:
         self.values[i], self.failed[i] = self.failure_value, True
         self.timed_out[i] = isinstance(exc, _TimedOut)
-        if self.first_error is None:
+        if self.first_error is None and isinstance(exc, SandboxCallError):   # raised in a worker process
+            self.first_error = (i, str(exc), exc.remote_traceback or str(exc))
+        elif self.first_error is None:
             self.first_error = (i, f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))
 
 
@@ -284,8 +341,11 @@ def _as_list(rf: RewardFunction, results: Any, n: int) -> list[Any]:
     return results
 
 
+Invoke = Callable[[dict[str, Any]], Any]    # kwargs -> the function's result (raises _TimedOut past timeout_s)
+
+
 def _run_each(rf: RewardFunction, n: int, kwargs_at: Callable[[int], dict[str, Any]],
-              unpack: Callable[[Any], Any], timeout_s: float | None, out: _Outcome) -> None:
+              unpack: Callable[[Any], Any], invoke: Invoke, out: _Outcome) -> None:
     """Call ``rf`` once per sample; after MAX_CONSECUTIVE_TIMEOUTS timeouts in a row, skip the rest."""
     streak = 0
     for i in range(n):
@@ -293,7 +353,7 @@ def _run_each(rf: RewardFunction, n: int, kwargs_at: Callable[[int], dict[str, A
             out.fail(i, _TimedOut(f"reward '{rf.name}' skipped after {streak} consecutive timeouts"))
             continue
         try:
-            result = _call(rf.fn, kwargs_at(i), timeout_s, rf.name)
+            result = invoke(kwargs_at(i))
         except Exception as exc:  # noqa: BLE001  (isolated: this sample fails)
             streak = streak + 1 if isinstance(exc, _TimedOut) else 0
             out.fail(i, exc)
@@ -302,15 +362,14 @@ def _run_each(rf: RewardFunction, n: int, kwargs_at: Callable[[int], dict[str, A
         out.record(i, unpack(result))
 
 
-def _score_batch(rf: RewardFunction, kwargs: dict[str, list], n: int, timeout_s: float | None,
-                 out: _Outcome) -> None:
+def _score_batch(rf: RewardFunction, kwargs: dict[str, list], n: int, invoke: Invoke, out: _Outcome) -> None:
     """One call for the whole batch; if it raises or times out, retry one sample at a time."""
     try:
-        results = _call(rf.fn, kwargs, timeout_s, rf.name)
+        results = invoke(kwargs)
     except Exception as exc:  # noqa: BLE001  (retried per sample below)
         logger.debug("reward '%s' failed on the batch (%r); retrying per sample", rf.name, exc)
         _run_each(rf, n, lambda i: {k: [v[i]] for k, v in kwargs.items()},
-                  lambda r: _as_list(rf, r, 1)[0], timeout_s, out)
+                  lambda r: _as_list(rf, r, 1)[0], invoke, out)
         return
     for i, result in enumerate(_as_list(rf, results, n)):
         out.record(i, result)
@@ -320,21 +379,81 @@ class RewardManager:
     """Scores completions with every configured reward function and combines them (see module docstring)."""
 
     def __init__(self, specs: list[RewardSpec], *, timeout_s: float | None = 30.0, failure_value: float = 0.0,
-                 answer_column: str = "answer", default_data_source: str = "unknown"):
-        self.functions = validate(specs)
+                 answer_column: str = "answer", default_data_source: str = "unknown",
+                 executor: Literal["auto", "process", "thread"] = "auto", allow_empty: bool = False,
+                 external_names: Iterable[str] = ()):
+        if executor not in EXECUTORS:
+            raise ValueError(f"RewardManager(executor={executor!r}): choose one of {', '.join(EXECUTORS)}")
+        self.functions = [load_reward(s) for s in specs] if allow_empty else validate(specs)
         seen: dict[str, int] = {}
         for rf in self.functions:  # unique metric names when one function is configured twice
             seen[rf.name] = seen.get(rf.name, 0) + 1
             rf.name = rf.name if seen[rf.name] == 1 else f"{rf.name}_{seen[rf.name]}"
+        self.external_names = self._check_external_names(list(external_names))
         self.timeout_s = timeout_s if timeout_s is not None and timeout_s > 0 else None
         self.failure_value = float(failure_value)
         self.answer_column = answer_column
         self.default_data_source = default_data_source
         self._logged: set[str] = set()
+        self._pool: ProcessExecutor | None = None   # started on the first process call
+        self._pool_lock = threading.Lock()
+        for spec, rf in zip(specs, self.functions):
+            self._place(rf, spec.name, executor)
+
+    def _check_external_names(self, names: list[str]) -> list[str]:
+        taken = {rf.name for rf in self.functions}
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"external_names: {name!r} is not a non-empty string")
+            if name in taken:
+                raise ValueError(f"external_names: '{name}' is also the name of a reward function or is listed "
+                                 f"twice; give every reward component its own name")
+            taken.add(name)
+        return names
+
+    def _place(self, rf: RewardFunction, spec_name: str, choice: str) -> None:
+        """Choose where ``rf`` runs (module docstring, "Timeouts and executors") and log it once."""
+        if self.timeout_s is None:
+            rf.executor = "inline"
+        elif choice == "process":
+            rf.worker_ref = rf.worker_ref or _absolute(spec_name)   # resolved by name in the worker, whatever it is
+            rf.executor = "process"
+        else:
+            rf.executor = "process" if choice == "auto" and rf.worker_ref is not None else "thread"
+        if (rf.name, rf.executor) not in _ANNOUNCED:
+            _ANNOUNCED.add((rf.name, rf.executor))
+            where = {"process": f"a worker process (resolving '{rf.worker_ref}')",
+                     "thread": "a daemon thread" + (" (not a plain importable function)" if choice == "auto" else ""),
+                     "inline": "the caller's thread (timeout_s=None)"}[rf.executor]
+            logger.info("reward '%s' runs in %s", rf.name, where)
 
     @property
     def names(self) -> list[str]:
-        return [rf.name for rf in self.functions]
+        return [rf.name for rf in self.functions] + self.external_names
+
+    def close(self) -> None:
+        """Stop the reward worker processes (if any were started); idempotent. A later call starts new ones."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    def _invoke(self, rf: RewardFunction, kwargs: dict[str, Any]) -> Any:
+        """``rf(**kwargs)`` where ``rf.executor`` says; a timeout raises _TimedOut."""
+        if rf.executor != "process":
+            return _call(rf.fn, kwargs, self.timeout_s, rf.name)
+        with self._pool_lock:
+            if self._pool is None:
+                limits = SandboxLimits(timeout_s=self.timeout_s, cpu_s=self.timeout_s * (os.cpu_count() or 1),
+                                       memory_mb=None, max_processes=None, no_network=False, fresh_workdir=False)
+                self._pool = ProcessExecutor(limits, workers=PROCESS_WORKERS, name="rewards")
+                weakref.finalize(self, self._pool.request_close)   # dropped without close(): workers stop
+            pool = self._pool
+        try:
+            return pool.call(rf.worker_ref, {**rf.options, **kwargs})
+        except SandboxTimeout as exc:
+            raise _TimedOut(f"reward '{rf.name}' did not return within timeout_s={self.timeout_s}; its worker "
+                            f"process was killed") from exc
 
     def check_columns(self, columns: Iterable[str]) -> None:
         """Raise RewardFailure if a function needs a column the dataset lacks (start-up check)."""
@@ -347,34 +466,59 @@ class RewardManager:
                                     f"data.answer_column or add the column")
 
     def score(self, prompts: list[str], completions: list[str], columns: dict[str, list],
-              completion_ids: list[list[int]] | None = None) -> RewardResult:
+              completion_ids: list[list[int]] | None = None,
+              external: dict[str, list[float | None]] | None = None) -> RewardResult:
         """Score N completions; ``columns`` maps each dataset column to its N values; ``completion_ids`` are the
-        generated token ids (for length-based rewards such as ``overlong_penalty``)."""
+        generated token ids (for length-based rewards such as ``overlong_penalty``); ``external`` holds one list
+        of N values (float or None) per name in ``external_names``, combined like weight-1.0 functions."""
         t0 = time.perf_counter()
         n = len(completions)
         bad = {k: len(v) for k, v in {"prompts": prompts, **columns}.items() if len(v) != n}
         if bad:
             raise ValueError(f"reward inputs disagree in length: {n} completions but {bad}")
         self.check_columns(columns)
+        extra = self._external_outcomes(external, n)
         outcomes = [self._score_function(rf, prompts, completions, columns, completion_ids) for rf in self.functions]
-        result = self._combine(outcomes, n)
+        result = self._combine(outcomes + extra, n)
         result.metrics["time_s"] = time.perf_counter() - t0
         return result
+
+    def _external_outcomes(self, external: dict[str, list[float | None]] | None, n: int) -> list[_Outcome]:
+        """One _Outcome per external name: the given values, None -> NaN (unscorable)."""
+        external = external or {}
+        if set(external) != set(self.external_names):
+            raise ValueError(f"score(external=...) got the keys {sorted(external)}, but this RewardManager was "
+                             f"built with external_names={self.external_names}; pass exactly those keys, each a "
+                             f"list of {n} floats or None")
+        outcomes = []
+        for name in self.external_names:
+            values = list(external[name])
+            if len(values) != n:
+                raise ValueError(f"external reward '{name}' has {len(values)} values for {n} completions")
+            out = _Outcome(n, self.failure_value)
+            for i, value in enumerate(values):
+                try:
+                    out.values[i] = math.nan if value is None else _number(value)
+                except ValueError as exc:
+                    raise ValueError(f"external reward '{name}', sample {i}: {exc}; give a finite number or "
+                                     f"None (unscorable)") from None
+            outcomes.append(out)
+        return outcomes
 
     def _score_function(self, rf: RewardFunction, prompts: list[str], completions: list[str],
                         columns: dict[str, list], completion_ids: list[list[int]] | None = None) -> _Outcome:
         n = len(completions)
         out = _Outcome(n, self.failure_value)
+        invoke = functools.partial(self._invoke, rf)
         if rf.style == BATCH:
             data = {**columns, "prompts": list(prompts), "completions": list(completions)}
             if completion_ids is not None:
                 data["completion_ids"] = [list(ids) for ids in completion_ids]
             elif "completion_ids" in rf.required():
                 raise RewardFailure(f"reward '{rf.name}' needs completion_ids, which this caller does not provide")
-            _score_batch(rf, {k: list(v) for k, v in data.items() if rf.accepts(k)}, n, self.timeout_s, out)
+            _score_batch(rf, {k: list(v) for k, v in data.items() if rf.accepts(k)}, n, invoke, out)
         else:
-            _run_each(rf, n, lambda i: self._sample_kwargs(rf, i, completions, columns), lambda r: r,
-                      self.timeout_s, out)
+            _run_each(rf, n, lambda i: self._sample_kwargs(rf, i, completions, columns), lambda r: r, invoke, out)
         self._report(rf, out, n)
         return out
 
@@ -404,7 +548,8 @@ class RewardManager:
     def _combine(self, outcomes: list[_Outcome], n: int) -> RewardResult:
         k = len(outcomes)
         comps = torch.tensor([o.values for o in outcomes], dtype=torch.float32).reshape(k, n).T    # [N, K]
-        weights = torch.tensor([rf.weight for rf in self.functions], dtype=torch.float32)          # [K]
+        weights = torch.tensor([rf.weight for rf in self.functions] + [1.0] * len(self.external_names),
+                               dtype=torch.float32)                                                # [K]
         scored = ~torch.isnan(comps)                                                                # [N, K]
         rewards = (torch.nan_to_num(comps, nan=0.0) * weights).sum(dim=1)                           # [N]
         rewards[~scored.any(dim=1)] = math.nan
@@ -418,16 +563,16 @@ class RewardManager:
 
     def _metrics(self, outcomes: list[_Outcome], comps: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        for j, (rf, out) in enumerate(zip(self.functions, outcomes)):
+        for j, (name, out) in enumerate(zip(self.names, outcomes)):
             col = comps[:, j]                                                                        # [N]
             if (~torch.isnan(col)).any():
-                metrics[f"{rf.name}/mean"] = float(col.nanmean())
-            metrics[f"{rf.name}/failures"] = float(sum(out.failed))
-            metrics[f"{rf.name}/timeouts"] = float(sum(out.timed_out))
-            metrics[f"{rf.name}/unscorable"] = float(torch.isnan(col).sum())
+                metrics[f"{name}/mean"] = float(col.nanmean())
+            metrics[f"{name}/failures"] = float(sum(out.failed))
+            metrics[f"{name}/timeouts"] = float(sum(out.timed_out))
+            metrics[f"{name}/unscorable"] = float(torch.isnan(col).sum())
             for key, values in out.extras.items():
                 if not all(math.isnan(v) for v in values):
-                    metrics[f"{rf.name}/{key}"] = float(np.nanmean(values))
+                    metrics[f"{name}/{key}"] = float(np.nanmean(values))
         metrics["failures"] = float(sum(sum(o.failed) for o in outcomes))
         metrics["timeouts"] = float(sum(sum(o.timed_out) for o in outcomes))
         metrics["unscorable"] = float(torch.isnan(rewards).sum())

@@ -18,10 +18,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from rlkit.environments import python_tool
 from rlkit.environments.base import ParseResult, ToolCall, ToolStats
 from rlkit.sandbox import SandboxError, SandboxTimeout
 
-BUILTIN_TOOLS = {"python": "rlkit.environments.python_tool:python"}
+BUILTIN_TOOLS = {"python": python_tool.WORKER_REF}   # by file path: the worker then imports only that file
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ def test_documented(kind, name):
     assert len(module_doc.strip()) > 40, f"{kind} '{name}': module {obj.__module__} needs a docstring"
 
 
-@pytest.mark.parametrize("kind,name", [e for e in ENTRIES if e[0] not in ("reward", "rollout")])
+@pytest.mark.parametrize("kind,name", [e for e in ENTRIES if e[0] not in ("reward", "rollout", "environment",
+                                                                           "tool_parser")])
 def test_builds_with_defaults_and_masks(kind, name):
     plugin = build(kind, name)
     assert isinstance(plugin, Plugin)
@@ -93,3 +94,30 @@ def test_engines_implement_interface(name):
     obj = REGISTRIES["rollout"].get(name)
     assert issubclass(obj, RolloutEngine) if inspect.isclass(obj) else callable(obj)   # a class or a factory
     assert {"model", "tokenizer"} <= set(inspect.signature(obj).parameters)
+
+
+ENV_REQUIRED = {"tools": {"tools": ["tests.env_fixtures:multiply"], "executor": "thread"}}
+
+
+@pytest.mark.parametrize("name", REGISTRIES["environment"].names())
+def test_environments_build_with_defaults(name):
+    from rlkit.environments import Environment
+    from rlkit.environments.build import build_environment
+    env = build_environment(name, ENV_REQUIRED.get(name, {}))
+    try:
+        assert isinstance(env, Environment) and isinstance(env.multi_turn, bool)
+        assert env.max_model_tokens(5) >= 5 if env.multi_turn else True
+        schemas = env.tool_schemas()
+        assert schemas is None or all(s["type"] == "function" and s["function"]["name"] for s in schemas)
+        assert env.state_dict() == {}
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("name", REGISTRIES["tool_parser"].names())
+def test_tool_parsers_answer_plain_text_with_no_calls(name):
+    from rlkit.environments import ParseResult
+    parse = REGISTRIES["tool_parser"].get(name)
+    for text in ("", "12", "the answer is 7"):
+        result = parse(text)
+        assert isinstance(result, ParseResult) and not result.has_calls

@@ -285,3 +285,13 @@ def test_process_tools_time_out_and_the_episode_goes_on(tok):
     assert (metrics.stats.calls, metrics.stats.errors, metrics.stats.timeouts) == (2, 1, 1)
     assert comp.episode.answer == "42" and comp.episode.finish == "stop"
     env.close()
+
+
+def test_builtin_python_tool_runs_in_a_worker(tok):
+    env = build_environment("tools", {"tools": ["python"], "tool_timeout_s": 20.0})
+    assert env.tool_schemas()[0]["function"]["parameters"]["properties"]["code"]["type"] == "string"
+    code = '<tool_call>{"name": "python", "arguments": {"code": "print(6 * 7)"}}</tool_call>'
+    [comp] = EpisodeRunner(env, tok).run(ScriptedEngine(tok, lambda c: "42" if "tool_response" in c else code),
+                                         [item()], [0], SamplingParams(400))
+    assert [m["content"].strip() for m in comp.episode.messages if m["role"] == "tool"] == ["42"]
+    env.close()

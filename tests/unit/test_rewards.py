@@ -2,8 +2,10 @@
 
 import logging
 import math
+import os
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,8 @@ from rlkit.rewards import (BATCH, PER_SAMPLE, RewardFailure, RewardManager, Rewa
                            check_signature, load_reward)
 
 PLUGINS = '''
+import functools
+import os
 import time
 
 def half_or_none(completions, **kwargs):
@@ -56,6 +60,29 @@ def text_for_b(completions, **kwargs):
 
 def bad_signature(text, label):
     return 0.0
+
+def pid_reward(completions, **kwargs):
+    return [float(os.getpid())] * len(completions)
+
+def hang_on_b(completions, pid_dir):
+    if "b" in completions:
+        open(os.path.join(pid_dir, str(os.getpid())), "w").close()
+        time.sleep(60)
+    return [1.0] * len(completions)
+
+class PidScorer:
+    def __call__(self, completions, **kwargs):
+        return [float(os.getpid())] * len(completions)
+
+def _make_closure():
+    def inner(completions, **kwargs):
+        return [float(os.getpid())] * len(completions)
+    return inner
+
+scorer = PidScorer()
+closure_reward = _make_closure()
+partial_reward = functools.partial(pid_reward)
+lambda_reward = lambda completions, **kwargs: [float(os.getpid())] * len(completions)
 '''
 
 
@@ -189,3 +216,93 @@ def test_gsm8k_reward():
     assert extract_prediction("no digits") is None
     out = gsm8k_reward(["The answer is 72.", "It is 71", "nothing"], ["... #### 72", "#### 72", "#### 72"])
     assert [o["reward"] for o in out] == [1.0, 0.0, 0.0] and out[0]["success"] is True
+
+
+# ---- executors (rlkit.sandbox), external components, allow_empty ----
+
+def _alive(pid: int) -> bool:
+    """From /proc: the pid exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_process_executor_runs_builtin_and_file_rewards(spec):
+    manager = RewardManager([RewardSpec("exact_match"), spec("pid_reward", 0.0)], executor="process")
+    try:
+        assert [rf.executor for rf in manager.functions] == ["process", "process"]
+        assert manager.functions[0].worker_ref == "exact_match"
+        assert manager.functions[1].worker_ref.startswith("/")                  # path made absolute
+        result = manager.score(["1+2="] * 2, ["3", "4"], {"answer": ["3", "3"]})
+        # exact_match: 1, 0; pid_reward has weight 0 -> rewards 1.0, 0.0
+        assert result.rewards.tolist() == [1.0, 0.0] and result.success.tolist() == [1.0, 0.0]
+        worker_pid = int(result.components[0, 1])
+        assert worker_pid != os.getpid() and _alive(worker_pid)
+    finally:
+        manager.close()
+        manager.close()                                                         # idempotent
+    assert not _alive(worker_pid)
+
+
+def test_hanging_reward_under_process_is_killed(spec, tmp_path):
+    manager = RewardManager([spec("hang_on_b", pid_dir=str(tmp_path))], executor="process", timeout_s=1.0,
+                            failure_value=-1.0)
+    try:
+        result = manager.score(["p"] * 3, ["a", "b", "c"], {})
+    finally:
+        manager.close()
+    # batch call hangs (killed), then per sample: a ok, b hangs (killed), c ok
+    assert result.rewards.tolist() == [1.0, -1.0, 1.0] and result.metrics["timeouts"] == 1.0
+    hung = [int(p.name) for p in tmp_path.iterdir()]
+    assert len(hung) == 2 and not any(_alive(pid) for pid in hung)
+
+
+def test_auto_executor_choice(spec, caplog):
+    names = ["pid_reward", "scorer", "closure_reward", "partial_reward", "lambda_reward"]
+    with caplog.at_level(logging.INFO, logger="rlkit.rewards"):
+        manager = RewardManager([spec(n) for n in names])
+    try:
+        assert [rf.executor for rf in manager.functions] == ["process", "thread", "thread", "thread", "thread"]
+        pids = manager.score(["p"], ["a"], {}).components[0].tolist()
+        assert pids[0] != os.getpid() and pids[1:] == [float(os.getpid())] * 4
+        # logged once per process and (reward, executor); 'scorer' appears in no other test
+        assert "reward 'scorer' runs in a daemon thread (not a plain importable function)" in caplog.text
+    finally:
+        manager.close()
+    thread_only = RewardManager([spec("pid_reward")], executor="thread")
+    assert thread_only.functions[0].executor == "thread"
+    assert thread_only.score(["p"], ["a"], {}).components[0].tolist() == [float(os.getpid())]
+    assert RewardManager([spec("pid_reward")], timeout_s=None).functions[0].executor == "inline"
+    with pytest.raises(ValueError, match="executor='fork'.*auto, process, thread"):
+        RewardManager([spec("pid_reward")], executor="fork")
+
+
+def test_external_components_combine_like_weight_one_functions(spec):
+    manager = RewardManager([spec("half_or_none", 2.0)], external_names=["EnvReward"], executor="thread")
+    result = manager.score(["p"] * 3, ["a", "b", "c"], {}, external={"EnvReward": [0.5, None, None]})
+    # a: 2*1.0 + 1*0.5 = 2.5;  b: 2*0.0 + None(0) = 0.0;  c: None and None -> NaN (unscorable)
+    assert result.rewards[:2].tolist() == [2.5, 0.0] and math.isnan(result.rewards[2])
+    assert result.names == ["half_or_none", "EnvReward"] and result.components.shape == (3, 2)
+    assert result.components[:, 1].isnan().tolist() == [False, True, True]
+    assert result.metrics["EnvReward/mean"] == 0.5 and result.metrics["EnvReward/unscorable"] == 2.0
+    assert result.metrics["unscorable"] == 1.0
+    with pytest.raises(ValueError, match=r"got the keys \['Other'\].*external_names=\['EnvReward'\]"):
+        manager.score(["p"], ["a"], {}, external={"Other": [1.0]})
+    with pytest.raises(ValueError, match="got the keys"):
+        manager.score(["p"], ["a"], {})
+    with pytest.raises(ValueError, match="'EnvReward' has 2 values for 1 completions"):
+        manager.score(["p"], ["a"], {}, external={"EnvReward": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="sample 0: reward value 'x' is not a number"):
+        manager.score(["p"], ["a"], {}, external={"EnvReward": ["x"]})
+    with pytest.raises(ValueError, match="'half_or_none' is also the name of a reward function"):
+        RewardManager([spec("half_or_none")], external_names=["half_or_none"])
+
+
+def test_allow_empty():
+    with pytest.raises(ValueError, match="no reward functions configured"):
+        RewardManager([])
+    manager = RewardManager([], allow_empty=True, external_names=["Env"])
+    result = manager.score(["p", "p"], ["a", "b"], {}, external={"Env": [1.0, None]})
+    assert result.rewards[0].item() == 1.0 and math.isnan(result.rewards[1]) and result.names == ["Env"]
+    manager.close()
