@@ -222,7 +222,7 @@ def _run(s: Session) -> dict[str, float]:
                 logger.log(step, metrics)
             progress.update(step, metrics)
             if t.sample_every and step % t.sample_every == 0 and acc.is_main_process:
-                print_table(logger.log_samples(step, _sample_rows(batch)))
+                print_table(logger.log_samples(step, _sample_rows(batch), max_chars=320 if batch.episodes else 80))
             if t.eval_every and step % t.eval_every == 0 and step < t.steps:
                 _eval(s, step, logger, "during RL")
             if (t.save_every and step % t.save_every == 0) or step == t.steps:

@@ -63,7 +63,7 @@ class Counter:
         self.value, self.target = 0, None
 
     def reset(self, **row) -> str:
-        self.target = int(row["target"])
+        self.target = int(row.get("target", 0))
         return f"Reach {self.target}."
 
     def increment(self, by: int) -> str:

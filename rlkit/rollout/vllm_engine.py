@@ -200,6 +200,11 @@ def llm_kwargs(path: str, *, dtype: str, seed: int, max_model_len: int | None, e
         kwargs["max_model_len"] = max_model_len
     if cuda:
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    else:
+        # vLLM 0.32 rewinds a seeded request's generator when it discards the token sampled for a partially
+        # prefilled (chunked) prompt, and a CPU torch.Generator has no offset: "CPU Generator does not use offset".
+        # Long multi-turn prompts arriving together trigger it; without chunked prefill no prompt is split.
+        kwargs.setdefault("enable_chunked_prefill", False)
     return kwargs
 
 

@@ -66,3 +66,15 @@ def test_eval_runs_episodes(tool_model, arith_data, tmp_path):
     c = tool_recipe(tool_model, arith_data, tmp_path / "run", steps=1, eval_at_end=True)
     result = train(load_config(None, [], base=c))
     assert result["after/eval/tool_calls_mean"] == 1.0 and result["after/eval/tool_use_frac"] == 1.0
+
+
+def test_trl_class_owns_the_reward(tool_model, arith_data, tmp_path):
+    """A TRL-style class with get_reward and no reward.functions: its reward is the only component."""
+    c = tool_recipe(tool_model, arith_data, tmp_path / "run", steps=1)
+    c["environment"] = {"name": "tests.env_fixtures:Counter", "max_turns": 2, "max_token_drift": 1.0}
+    c["reward"] = {"functions": []}
+    result = train(load_config(None, [], base=c))
+    # the forced first call asks for `multiply`, which Counter does not have: an error result, counter stays 0,
+    # and get_reward = 1.0 exactly when the target (0, no `target` column) equals the counter
+    assert result["environment/tool_errors"] == result["environment/tool_calls_mean"] * 16 == 16.0
+    assert result["reward/Counter/mean"] == 1.0 and result["reward/mean"] == 1.0

@@ -37,7 +37,7 @@ def server(tiny_model_dir):
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "rlkit.cli", "rollout-server", "--model", str(tiny_model_dir),
                              "--workers", "2", "--cpu", "--cpu-cores", "0,1", "--port", str(base), "--kv-cache-gib", "1",
-                             "--max-model-len", "128", "--max-restarts", "1"], env=env, cwd=ROOT)
+                             "--max-model-len", "256", "--max-restarts", "1"], env=env, cwd=ROOT)
     yield [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"], proc
     stop(proc)
 
@@ -96,5 +96,24 @@ def test_killed_worker_is_survived_and_rejoins_with_current_weights(server, tiny
         out = check_sync(eng, model, probe, pad_id=tok.pad_token_id, tolerance=None, version=eng.version)
         assert out["canary_diff"] < 1e-3                                       # both workers hold the new weights
         assert len(eng.probe_all(*probe)) == 2
+    finally:
+        eng.close()
+
+
+def test_multi_turn_episodes_continue_on_the_workers(server, tiny_model_dir):
+    """Tool episodes through the workers: the second turn is sampled after the inserted tool result, from the
+    episode's token ids, and its sampling log-probs equal the trainer's over the whole episode."""
+    from tests.env_fixtures import TOOL_TEMPLATE
+    from tests.integration.test_environment_engines import run_and_compare
+    addresses, _ = server
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = TOOL_TEMPLATE          # rendering happens in the trainer; the workers see token ids only
+    eng = VLLMServerEngine(model, tok, addresses=addresses, connect_timeout_s=300, reconnect_every_s=0.0)
+    try:
+        deadline = time.monotonic() + 300      # the previous test's restarted worker may still be starting
+        while eng.sync_weights(model)["workers_alive"] < 2 and time.monotonic() < deadline:
+            time.sleep(5)
+        assert run_and_compare(eng, model, tok) < 1e-3
     finally:
         eng.close()

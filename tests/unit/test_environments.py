@@ -295,3 +295,18 @@ def test_builtin_python_tool_runs_in_a_worker(tok):
                                          [item()], [0], SamplingParams(400))
     assert [m["content"].strip() for m in comp.episode.messages if m["role"] == "tool"] == ["42"]
     env.close()
+
+
+def test_validate_checks_the_chat_template_without_a_model(tiny_model_dir, arith_data, tmp_path):
+    """`rlkit validate` (check_recipe with files) renders the tools with the tokenizer: no template -> clear error."""
+    from rlkit.config import load_config
+    from rlkit.session import check_recipe
+    from tests.conftest import recipe_dict
+    c = recipe_dict(tiny_model_dir, arith_data, tmp_path / "run")
+    c["environment"] = {"name": "tools", "tools": ["tests.env_fixtures:multiply"], "executor": "thread"}
+    with pytest.raises(TemplateError, match="need a tokenizer with a chat template"):
+        check_recipe(load_config(None, [], base=c))
+    c["environment"] = {"name": "single_turn"}
+    c["reward"] = {"functions": []}
+    with pytest.raises(ValueError, match="reward.functions is empty and the environment 'single_turn' has no reward"):
+        check_recipe(load_config(None, [], base=c))
