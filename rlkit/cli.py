@@ -103,7 +103,7 @@ def _cmd_list(args) -> int:
 def _cmd_tiny_model(args) -> int:
     from rlkit.tiny_model import build_tiny_model, parameter_count
     path = build_tiny_model(args.out_dir, size=args.size, arch=args.arch, seed=args.seed,
-                            chat_template=args.chat_template)
+                            chat_template=args.chat_template, tools=args.tools)
     from transformers import AutoModelForCausalLM
     print(f"wrote {args.size} {args.arch} model ({parameter_count(AutoModelForCausalLM.from_pretrained(path)):,} "
           f"parameters) to {path}")
@@ -121,6 +121,8 @@ def _cmd_make_data(args) -> int:
         kwargs["teacher_error"] = args.teacher_error
     if args.b_digits:
         kwargs["b_digits"] = args.b_digits
+    if args.tool_rate is not None:
+        kwargs["tool_rate"] = args.tool_rate
     paths = write_task(args.task, args.out_dir, **kwargs)
     for split, path in paths.items():
         print(f"{split}: {path}")
@@ -131,7 +133,8 @@ def _cmd_sft(args) -> int:
     from rlkit.sft import SFTConfig, run_sft
     run_sft(SFTConfig(model=args.model, data=args.data, output=args.output, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-                      prompt_column=args.prompt_column, answer_column=args.answer_column, seed=args.seed))
+                      prompt_column=args.prompt_column, answer_column=args.answer_column, seed=args.seed,
+                      messages_column=args.messages_column, tools=args.tools))
     return 0
 
 
@@ -193,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--arch", default="qwen2", choices=["qwen2", "llama"])
     tm.add_argument("--seed", type=int, default=0)
     tm.add_argument("--chat-template", action="store_true")
+    tm.add_argument("--tools", action="store_true",
+                    help="chat template with tool support; turns end at <|im_end|>")
     tm.set_defaults(fn=_cmd_tiny_model)
     md = sub.add_parser("make-data", help="write train/eval splits of a synthetic task")
     md.add_argument("task")
@@ -206,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--teacher-error", type=float, default=0.0,
                     help="also write a teacher_answer column that forgets the ones-column carry on this "
                          "fraction of the + problems that have one")
+    md.add_argument("--tool-rate", type=float, default=None,
+                    help="tool_multiply: fraction of train problems whose teacher calls the tool (default 0.25)")
     md.set_defaults(fn=_cmd_make_data)
-    sf = sub.add_parser("sft", help="supervised warm start on prompt/answer pairs")
+    sf = sub.add_parser("sft", help="supervised warm start on prompt/answer pairs or conversations")
     sf.add_argument("--model", required=True)
     sf.add_argument("--data", required=True)
     sf.add_argument("--output", required=True)
@@ -218,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--prompt-column", default="prompt")
     sf.add_argument("--answer-column", default="answer")
     sf.add_argument("--seed", type=int, default=0)
+    sf.add_argument("--messages-column", default=None,
+                    help="train on the conversations in this column (assistant turns only) instead of prompt/answer")
+    sf.add_argument("--tools", nargs="+", default=[], metavar="MODULE:FUNCTION",
+                    help="functions whose schemas the chat template renders (with --messages-column)")
     sf.set_defaults(fn=_cmd_sft)
     ev = sub.add_parser("eval", help="n samples per held-out prompt: mean reward, pass@k and max@k for several k")
     ev.add_argument("source", help="recipe YAML, run directory, or checkpoint directory")

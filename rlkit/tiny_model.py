@@ -19,6 +19,24 @@ decodes (reserved ids are never produced by encoding and are dropped by ``skip_s
 ``chat_template=True`` adds a minimal ChatML template (``<|im_start|>user\\n...<|im_end|>\\n`` and, with
 ``add_generation_prompt``, ``<|im_start|>assistant\\n``); eos stays the single id of ``<|endoftext|>``.
 
+Tools (Hermes / Qwen2.5 tool-call format, compact for 512 positions): with ``apply_chat_template(...,
+tools=[...])`` a first system block lists each tool as ``name(param, ...)`` from its JSON schema (inside the
+conversation's own system message, after its content, when there is one)::
+
+    <|im_start|>system\\nTools: multiply(a, b)<|im_end|>\\n
+
+Consecutive ``tool`` messages share one user block (responses joined by ``\\n``)::
+
+    <|im_start|>user\\n<tool_response>\\n1924\\n</tool_response><|im_end|>\\n
+
+Assistant content renders verbatim (a
+model writes its ``<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>`` itself); structured
+``tool_calls`` (TRL/OpenAI style) render as such blocks, joined by ``\\n``, after any content. The template is
+prefix-stable: appending messages never changes the text of earlier ones (except that a tool message joins the
+block of the tool message before it). Without tools, tool messages and ``tool_calls`` the output is the plain
+template's, byte for byte. ``build_tiny_model(..., tools=True)`` (``rlkit tiny-model DIR --tools``) adds the
+template and ends generation at ``<|im_end|>`` as well: ``generation_config.eos_token_id == [1, 3]``.
+
 Models (float32 safetensors, deterministic for a seed; head_dim 32 or 64 so vLLM's CPU backend runs them):
 
 ======  ======  ======  =====  ========  ============  =======  ==========================
@@ -42,9 +60,41 @@ PAD, EOS, IM_START, IM_END, UNK = "<|pad|>", "<|endoftext|>", "<|im_start|>", "<
 SPECIAL_TOKENS = [PAD, EOS, IM_START, IM_END, UNK]
 VOCAB_MULTIPLE = 64
 
+# ChatML, extended for tools (module docstring). Without ``tools`` and without ``tool`` messages or assistant
+# ``tool_calls`` it renders exactly ``<|im_start|>{role}\n{content}<|im_end|>\n`` per message.
 CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
+    "{%- set ns = namespace(tools='', rest=messages) %}"
+    "{%- for tool in tools or [] %}"
+    "{%- set fn = tool['function'] if tool['function'] is defined else tool %}"
+    "{%- set params = fn['parameters']['properties'].keys() | list "
+    "if fn['parameters'] is defined and fn['parameters']['properties'] is defined else [] %}"
+    "{%- set ns.tools = ns.tools + ('; ' if ns.tools else 'Tools: ') + fn['name'] + '(' "
+    "+ params | join(', ') + ')' %}"
+    "{%- endfor %}"
+    "{%- if ns.tools %}"
+    "{%- if messages and messages[0]['role'] == 'system' %}"
+    "{{ '<|im_start|>system\\n' + messages[0]['content'] + '\\n' + ns.tools + '<|im_end|>\\n' }}"
+    "{%- set ns.rest = messages[1:] %}"
+    "{%- else %}{{ '<|im_start|>system\\n' + ns.tools + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endif %}"
+    "{%- for message in ns.rest %}"
+    "{%- if message['role'] == 'tool' %}"
+    "{%- if loop.first or ns.rest[loop.index0 - 1]['role'] != 'tool' %}{{ '<|im_start|>user\\n' }}"
+    "{%- else %}{{ '\\n' }}{%- endif %}"
+    "{{ '<tool_response>\\n' + message['content'] | string + '\\n</tool_response>' }}"
+    "{%- if loop.last or ns.rest[loop.index0 + 1]['role'] != 'tool' %}{{ '<|im_end|>\\n' }}{%- endif %}"
+    "{%- elif message['role'] == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] %}"
+    "{{ '<|im_start|>assistant\\n' + (message['content'] or '') }}"
+    "{%- for call in message['tool_calls'] %}"
+    "{%- set call = call['function'] if call['function'] is defined else call %}"
+    "{%- set args = call['arguments'] if call['arguments'] is string else call['arguments'] | tojson %}"
+    "{{ ('\\n' if message['content'] or not loop.first else '') + '<tool_call>\\n{\"name\": ' "
+    "+ call['name'] | tojson + ', \"arguments\": ' + args + '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- else %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
 )
@@ -65,8 +115,12 @@ def byte_alphabet() -> list[str]:
     return [chr(b) if b in keep else chr(next(shifted)) for b in range(256)]
 
 
-def build_tokenizer(chat_template: bool = False) -> PreTrainedTokenizerFast:
-    """The byte-level, one-token-per-byte tokenizer described in the module docstring."""
+def build_tokenizer(chat_template: bool | str = False) -> PreTrainedTokenizerFast:
+    """The byte-level, one-token-per-byte tokenizer described in the module docstring.
+
+    ``chat_template``: False = none, True = ``CHAT_TEMPLATE`` (ChatML with tool support), a string = that Jinja
+    template.
+    """
     n_reserved = -(len(SPECIAL_TOKENS) + 256) % VOCAB_MULTIPLE
     reserved = [f"<|reserved_{k}|>" for k in range(n_reserved)]
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + byte_alphabet() + reserved)}
@@ -77,7 +131,7 @@ def build_tokenizer(chat_template: bool = False) -> PreTrainedTokenizerFast:
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK,
                                       bos_token=None, padding_side="right", clean_up_tokenization_spaces=False)
     if chat_template:
-        wrapped.chat_template = CHAT_TEMPLATE
+        wrapped.chat_template = chat_template if isinstance(chat_template, str) else CHAT_TEMPLATE
     return wrapped
 
 
@@ -87,13 +141,17 @@ def _check_choice(what: str, value: str, valid: dict) -> None:
 
 
 def build_tiny_model(out_dir: str | Path, *, size: str = "tiny", arch: str = "qwen2", seed: int = 0,
-                     chat_template: bool = False) -> Path:
-    """Write a random ``size``/``arch`` causal LM plus tokenizer to ``out_dir``; return the folder."""
+                     chat_template: bool | str = False, tools: bool = False) -> Path:
+    """Write a random ``size``/``arch`` causal LM plus tokenizer to ``out_dir``; return the folder.
+
+    ``tools=True`` implies the chat template (unless ``chat_template`` is a string) and makes generation stop at
+    ``<|im_end|>`` too: ``generation_config.eos_token_id = [<|endoftext|>, <|im_end|>]`` (ids 1 and 3).
+    """
     _check_choice("size", size, SIZES)
     _check_choice("arch", arch, ARCHS)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(chat_template)
+    tokenizer = build_tokenizer(chat_template or tools)
     tokenizer.model_max_length = SIZES[size]["max_position_embeddings"]
     ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                bos_token_id=tokenizer.eos_token_id)
@@ -103,7 +161,8 @@ def build_tiny_model(out_dir: str | Path, *, size: str = "tiny", arch: str = "qw
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(seed)
         model = model_cls(config).to(torch.float32)
-    model.generation_config = GenerationConfig(**ids)
+    stop = [ids["eos_token_id"], tokenizer.convert_tokens_to_ids(IM_END)] if tools else ids["eos_token_id"]
+    model.generation_config = GenerationConfig(**{**ids, "eos_token_id": stop})
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

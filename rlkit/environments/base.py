@@ -112,7 +112,7 @@ class Environment(Plugin):
     reward_name: str | None = None
     max_turns: int = 1
     max_total_tokens: int | None = None
-    drift_check_episodes: int = 4
+    drift_check_episodes: int = 16
     max_token_drift: float = 0.5
 
     def tool_schemas(self) -> list[dict[str, Any]] | None:

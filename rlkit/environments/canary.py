@@ -1,6 +1,6 @@
 """The tokenization canary: do the ids an episode was trained on match its conversation re-rendered from scratch?
 
-After each rollout phase, up to ``drift_check_episodes`` finished episodes are re-rendered from their messages
+After each rollout phase, up to ``drift_check_episodes`` (16) finished episodes are re-rendered from their messages
 with the chat template (``apply_chat_template(messages, tools=...)``, then tokenized), and the ids the trainer
 uses -- ``prompt_ids + token_ids`` -- must be a prefix of the re-rendered ids (the re-rendering may only add the
 template's closing text after the last turn). An episode that differs has *drifted*:

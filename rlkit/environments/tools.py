@@ -86,7 +86,7 @@ class ToolsEnvironment(Environment):
     def __init__(self, tools: list[str], max_turns: int = 4, max_tool_calls: int = 8,
                  max_total_tokens: int | None = None, tool_timeout_s: float = 30.0, parser: str = "hermes",
                  executor: str = "process", workers: int = 2, memory_mb: int | None = 2048,
-                 max_result_chars: int = 4000, drift_check_episodes: int = 4, max_token_drift: float = 0.5):
+                 max_result_chars: int = 4000, drift_check_episodes: int = 16, max_token_drift: float = 0.5):
         opts = ToolLoopOptions("environment 'tools'", max_turns, max_tool_calls, max_total_tokens, tool_timeout_s,
                                parser, drift_check_episodes, max_token_drift)
         if executor not in ("process", "thread"):

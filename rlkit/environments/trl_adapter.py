@@ -86,7 +86,7 @@ class ClassEnvironment(Environment):
 
     def __init__(self, factory: Callable[..., Any], max_turns: int = 4, max_tool_calls: int = 8,
                  max_total_tokens: int | None = None, tool_timeout_s: float = 30.0, parser: str = "hermes",
-                 drift_check_episodes: int = 4, max_token_drift: float = 0.5):
+                 drift_check_episodes: int = 16, max_token_drift: float = 0.5):
         cls = check_environment_class(factory, "environment")
         opts = ToolLoopOptions(f"environment '{cls.__name__}'", max_turns, max_tool_calls, max_total_tokens,
                                tool_timeout_s, parser, drift_check_episodes, max_token_drift)

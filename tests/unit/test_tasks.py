@@ -89,3 +89,55 @@ def test_teacher_forgets_ones_carry():
     assert len(wrong) == 90 * 45 // 10                 # ones digits a%10+b >= 10: 45 of 100 pairs per tens digit
     add_teacher_answers(rows, 0.0, seed=0)
     assert all(r["teacher_answer"] == r["answer"] for r in rows)
+
+
+# --- tool_multiply -----------------------------------------------------------------------------------------------
+
+def test_tool_multiply_splits_and_answers(tmp_path):
+    from rlkit.tasks import tool_multiply
+    paths = write_task("tool_multiply", tmp_path / "a", train=400, eval=100, seed=0)
+    again = tool_multiply.write_splits(tmp_path / "b", train=400, eval=100, seed=0)
+    assert paths["train"].read_text() == again["train"].read_text()
+    train, evals = _read(paths["train"]), _read(paths["eval"])
+    assert len(train) == 400 and len(evals) == 100
+    pairs = lambda rows: {(r["a"], r["b"]) for r in rows}                          # noqa: E731
+    assert len(pairs(train)) == 400 and len(pairs(evals)) == 100 and not pairs(train) & pairs(evals)
+    for row in train + evals:
+        assert 10 <= row["a"] <= 99 and 10 <= row["b"] <= 99
+        assert row["prompt"] == f"{row['a']}*{row['b']}=" and row["answer"] == str(row["a"] * row["b"])
+    assert all("teacher_messages" not in r for r in evals)
+    with pytest.raises(ValueError, match="only 8100 distinct"):
+        tool_multiply.write_splits(tmp_path / "c", train=8000, eval=101)
+    with pytest.raises(ValueError, match="tool_rate must be in"):
+        tool_multiply.write_splits(tmp_path / "c", train=10, eval=1, tool_rate=1.5)
+    with pytest.raises(ValueError, match="no option difficulties"):
+        write_task("tool_multiply", tmp_path / "c", difficulties=(1,))
+
+
+def test_tool_multiply_teacher(tmp_path):
+    import json as _json
+    rows = _read(write_task("tool_multiply", tmp_path, train=400, eval=10, seed=1, tool_rate=0.25)["train"])
+    calls = [r for r in rows if len(r["teacher_messages"]) == 4]
+    assert len(calls) == 100                                                       # exactly round(0.25 * 400)
+    for r in calls:
+        user, call, tool, final = r["teacher_messages"]
+        assert user == {"role": "user", "content": r["prompt"]}
+        assert call["role"] == "assistant" and call["content"] == (
+            "<tool_call>\n" + _json.dumps({"name": "multiply", "arguments": {"a": r["a"], "b": r["b"]}})
+            + "\n</tool_call>")
+        assert tool == {"role": "tool", "name": "multiply", "content": r["answer"]}
+        assert final == {"role": "assistant", "content": r["answer"]}
+    for r in rows:
+        if len(r["teacher_messages"]) == 2:                                         # 37*52=1924 -> "1900"
+            assert r["teacher_messages"][1] == {"role": "assistant", "content": str(round(r["a"] * r["b"], -2))}
+    from rlkit.tasks.tool_multiply import guess
+    assert (guess(37, 52), guess(10, 10), guess(41, 50)) == ("1900", "100", "2000")  # 2050: ties to even
+
+
+def test_multiply_tool_schema():
+    from transformers.utils import get_json_schema
+    from rlkit.tasks.tool_multiply import multiply
+    assert multiply(37, 52) == 1924
+    fn = get_json_schema(multiply)["function"]
+    assert fn["name"] == "multiply" and fn["parameters"]["required"] == ["a", "b"]
+    assert {k: v["type"] for k, v in fn["parameters"]["properties"].items()} == {"a": "integer", "b": "integer"}
