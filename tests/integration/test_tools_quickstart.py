@@ -20,7 +20,8 @@ def test_rl_teaches_the_tiny_model_to_call_the_tool(tmp_path):
           "--tool-rate", "0.25", "--seed", "0")
     rlkit("sft", "--model", str(tmp_path / "init"), "--data", str(tmp_path / "data/train.jsonl"),
           "--messages-column", "teacher_messages", "--tools", "rlkit.tasks.tool_multiply:multiply",
-          "--output", str(tmp_path / "sft"), "--steps", "600", "--lr", "3e-3", "--seed", "0")
+          "--output", str(tmp_path / "sft"), "--steps", "1500", "--batch-size", "16", "--lr", "3e-3",
+          "--seed", "0")
     out = tmp_path / "grpo"
     rlkit("train", "recipes/tools_quickstart.yaml", f"model.name_or_path={tmp_path / 'sft'}",
           f"data.train={tmp_path / 'data/train.jsonl'}", f"data.eval={tmp_path / 'data/eval.jsonl'}",
