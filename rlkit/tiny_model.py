@@ -17,7 +17,8 @@ also the config's bos, but no BOS is ever added), ``<|im_start|>`` 2, ``<|im_end
 a multiple of 64. So ``len(tokenizer) == config.vocab_size == 320``, and every id the model can sample
 decodes (reserved ids are never produced by encoding and are dropped by ``skip_special_tokens=True``).
 ``chat_template=True`` adds a minimal ChatML template (``<|im_start|>user\\n...<|im_end|>\\n`` and, with
-``add_generation_prompt``, ``<|im_start|>assistant\\n``); eos stays the single id of ``<|endoftext|>``.
+``add_generation_prompt``, ``<|im_start|>assistant\\n``), the same template that understands tools (below); the
+tokenizer's eos stays the single id of ``<|endoftext|>``.
 
 Tools (Hermes / Qwen2.5 tool-call format, compact for 512 positions): with ``apply_chat_template(...,
 tools=[...])`` a first system block lists each tool as ``name(param, ...)`` from its JSON schema (inside the
@@ -29,13 +30,13 @@ Consecutive ``tool`` messages share one user block (responses joined by ``\\n``)
 
     <|im_start|>user\\n<tool_response>\\n1924\\n</tool_response><|im_end|>\\n
 
-Assistant content renders verbatim (a
-model writes its ``<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>`` itself); structured
-``tool_calls`` (TRL/OpenAI style) render as such blocks, joined by ``\\n``, after any content. The template is
-prefix-stable: appending messages never changes the text of earlier ones (except that a tool message joins the
-block of the tool message before it). Without tools, tool messages and ``tool_calls`` the output is the plain
-template's, byte for byte. ``build_tiny_model(..., tools=True)`` (``rlkit tiny-model DIR --tools``) adds the
-template and ends generation at ``<|im_end|>`` as well: ``generation_config.eos_token_id == [1, 3]``.
+Assistant content renders verbatim (a model writes its ``<tool_call>\\n{"name": ..., "arguments": ...}\\n
+</tool_call>`` itself); structured ``tool_calls`` (TRL/OpenAI style) render as such blocks, joined by ``\\n``,
+after any content. The template is prefix-stable: appending messages never changes the text of earlier ones
+(except that a tool message joins the block of the tool message before it). Without tools, tool messages and
+``tool_calls`` the output is the plain ChatML one, byte for byte. ``build_tiny_model(..., tools=True)``
+(``rlkit tiny-model DIR --tools``) adds the template and ends generation at ``<|im_end|>`` as well:
+``generation_config.eos_token_id == [1, 3]``.
 
 Models (float32 safetensors, deterministic for a seed; head_dim 32 or 64 so vLLM's CPU backend runs them):
 
