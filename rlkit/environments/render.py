@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 _USER, _MARK = "rlkit-probe-user", "rlkit-probe-assistant"
+_DUMMY = [{"role": "user", "content": _USER}, {"role": "assistant", "content": _MARK}]
 
 
 class TemplateError(ValueError):
@@ -36,7 +37,7 @@ class ChatRenderer:
                                 "tool schemas and tool results are rendered with it); this tokenizer has none. Use "
                                 "an instruct/chat model, or `rlkit tiny-model DIR --tools` for a local test model")
         self.tokenizer, self.tools = tokenizer, tools or None
-        self._after: str | None = None
+        self._base: str | None = None   # render(_DUMMY): the same for every insertion
 
     def render(self, messages: list[dict[str, Any]], *, generation_prompt: bool) -> str:
         try:
@@ -56,29 +57,26 @@ class ChatRenderer:
         text = self.render(messages, generation_prompt=True)
         return text, self.encode(text)
 
-    def _template_after(self) -> str:
-        if self._after is None:
-            base = self.render([{"role": "user", "content": _USER}, {"role": "assistant", "content": _MARK}],
-                               generation_prompt=False)
-            at = base.rfind(_MARK)
-            if at < 0:
+    def _dummy_base(self) -> str:
+        if self._base is None:
+            base = self.render(_DUMMY, generation_prompt=False)
+            if base.rfind(_MARK) < 0:
                 raise TemplateError("the chat template drops the content of assistant messages, so episodes "
                                     "cannot be continued from their token ids; use a template that renders it")
-            self._after = base[at + len(_MARK):]
-        return self._after
+            self._base = base
+        return self._base
 
     def insertion(self, messages: list[dict[str, Any]], stop_text: str) -> str:
         """Text to append after a model turn that ended with ``stop_text`` so that ``messages`` follow it and the
         next assistant turn begins (the template's generation prompt)."""
-        dummy = [{"role": "user", "content": _USER}, {"role": "assistant", "content": _MARK}]
-        base = self.render(dummy, generation_prompt=False)
-        full = self.render(dummy + list(messages), generation_prompt=True)
+        base = self._dummy_base()
+        full = self.render(_DUMMY + list(messages), generation_prompt=True)
         if not full.startswith(base):
             raise TemplateError("the chat template is not prefix-stable: adding messages "
                                 f"{[m.get('role') for m in messages]} changes how earlier turns render, so an "
                                 "episode cannot be extended token-exactly. Use a template that renders earlier "
                                 "turns unchanged (e.g. without stripping reasoning from past assistant turns)")
-        after = self._template_after()
+        after = base[base.rfind(_MARK) + len(_MARK):]   # what the template puts after an assistant message
         if stop_text and after.startswith(stop_text):
             after = after[len(stop_text):]
         return after + full[len(base):]

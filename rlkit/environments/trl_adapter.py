@@ -26,7 +26,7 @@ import types
 from typing import Any, Callable
 
 from rlkit.environments.base import Environment, Episode
-from rlkit.environments.toolbox import Toolbox, check_unique, make_tool
+from rlkit.environments.toolbox import Tool, Toolbox, make_tool
 from rlkit.environments.tools import ToolEpisode, ToolLoopOptions
 from rlkit.sandbox import SandboxError, SandboxLimits, make_executor
 
@@ -59,8 +59,8 @@ class ClassEpisode(ToolEpisode):
     """A fresh instance of the user's class, its methods as this episode's toolbox."""
 
     def __init__(self, instance: Any, row: dict[str, Any], env: "ClassEnvironment"):
-        tools = [make_tool(getattr(instance, name)) for name in env.method_names]
-        check_unique(tools)
+        bound = [getattr(instance, name) for name in env.method_names]   # schemas: parsed once, from the class
+        tools = [Tool(s["function"]["name"], s, fn, fn) for s, fn in zip(env.tool_schemas(), bound)]
         super().__init__(Toolbox(tools, env.executor), env.parser, env.max_tool_calls)
         self.instance, self.row, self.env = instance, row, env
 

@@ -100,3 +100,24 @@ def call_error(exc: BaseException, skip_files: tuple[str, ...] = ()) -> SandboxC
 def clip(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, marked when cut."""
     return text if len(text) <= limit else text[: limit - 20] + " ... [truncated]"
+
+
+def start_drivers(name: str, count: int, drive) -> list:
+    """``count`` daemon threads running ``drive(i)``, started: the parent-side drivers of an executor."""
+    import threading
+    threads = [threading.Thread(target=drive, args=(i,), name=f"rlkit-{name}-{i}", daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def fail_queued(jobs, error) -> None:
+    """Fail every call still queued in ``jobs`` (a queue of jobs with a ``future``) with ``error()``."""
+    import queue
+    while True:
+        try:
+            job = jobs.get_nowait()
+        except queue.Empty:
+            return
+        if job is not None and job.future.set_running_or_notify_cancel():
+            job.future.set_exception(error())

@@ -22,7 +22,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from rlkit.sandbox.common import SandboxCallError, SandboxCrash, SandboxError, SandboxLimits, SandboxTimeout
+from rlkit.sandbox.common import (SandboxCallError, SandboxCrash, SandboxError, SandboxLimits, SandboxTimeout,
+                                  fail_queued, start_drivers)
 from rlkit.sandbox.spawn import POLL_S, Worker, death_message, launch, startup_error, wait_ready
 
 STARTUP_TIMEOUT_S = 60.0   # a worker must start, and load a function, within this (imports included)
@@ -90,10 +91,7 @@ class ProcessExecutor:
             if self._closed:
                 raise SandboxError(f"ProcessExecutor '{self.name}' is closed; create a new one")
             if not self._threads:
-                self._threads = [threading.Thread(target=self._drive, args=(i,), name=f"rlkit-{self.name}-{i}",
-                                                  daemon=True) for i in range(len(self._workers))]
-                for thread in self._threads:
-                    thread.start()
+                self._threads = start_drivers(self.name, len(self._workers), self._drive)
             self._queue.put(_Job(call, timeout_s, future))
         return future
 
@@ -108,13 +106,7 @@ class ProcessExecutor:
             if self._close_done:
                 return
             self._closed = self._close_done = True
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None and job.future.set_running_or_notify_cancel():
-                job.future.set_exception(_Closed(f"ProcessExecutor '{self.name}' was closed before the call ran"))
+        fail_queued(self._queue, lambda: _Closed(f"ProcessExecutor '{self.name}' was closed before the call ran"))
         for _ in self._threads:
             self._queue.put(None)
         for slot in range(len(self._workers)):

@@ -16,7 +16,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from rlkit.sandbox.common import SandboxError, SandboxLimits, SandboxTimeout, call_error, resolve
+from rlkit.sandbox.common import (SandboxError, SandboxLimits, SandboxTimeout, call_error, fail_queued, resolve,
+                                  start_drivers)
 
 SKIP = (__file__,)
 
@@ -64,10 +65,7 @@ class ThreadExecutor:
             if self._closed:
                 raise SandboxError(f"ThreadExecutor '{self.name}' is closed; create a new one")
             if not self._threads:
-                self._threads = [threading.Thread(target=self._drive, name=f"rlkit-{self.name}-{i}", daemon=True)
-                                 for i in range(self.workers)]
-                for thread in self._threads:
-                    thread.start()
+                self._threads = start_drivers(self.name, self.workers, lambda _: self._drive())
             self._queue.put(_Job(fn, dict(kwargs or {}), timeout_s, future))
         return future
 
@@ -82,13 +80,7 @@ class ThreadExecutor:
             if self._closed:
                 return
             self._closed = True
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None and job.future.set_running_or_notify_cancel():
-                job.future.set_exception(SandboxError(f"ThreadExecutor '{self.name}' was closed before the call ran"))
+        fail_queued(self._queue, lambda: SandboxError(f"ThreadExecutor '{self.name}' was closed before the call ran"))
         for _ in self._threads:
             self._queue.put(None)
 
