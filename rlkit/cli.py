@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'latest' or a checkpoint directory, instead of RUN_DIR/final")
     ex.add_argument("--base", default=None, help="base model (default: model.name_or_path of RUN_DIR/config.yaml)")
     ex.set_defaults(fn=_cmd_export)
-    from rlkit.rollout.server import add_parser as add_rollout_server
+    from rlkit.rollout.launcher import add_parser as add_rollout_server
     add_rollout_server(sub)
     return p
 

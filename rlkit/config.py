@@ -243,7 +243,7 @@ class RecipeConfig(Strict):
                 raise ValueError("train.eval_every / train.eval_at_start need data.eval (a held-out prompt file)")
         lora, engine = self.model.lora, self.rollout.engine.name
         if lora is not None and lora.sync == "adapter" and engine == "vllm_server":
-            # rollout workers receive full weights over the sync channel (rlkit/rollout/protocol.py): the adapter
+            # rollout workers receive full weights over the sync channel (rlkit/rollout/weights.py): the adapter
             # would be merged on every sync, which is exactly what an explicit `adapter` asks to avoid
             raise ValueError("model.lora.sync=adapter needs the colocated vLLM engine (rollout.engine: vllm or "
                              "auto); rollout.engine 'vllm_server' workers receive merged weights. Set "

@@ -16,7 +16,7 @@ What this module adds around peft:
 * **Merged weight sync** (:func:`merged_state`): Hugging Face-named full weights ``W + (alpha/r) B @ A``,
   computed out of place in float32 and cast once to the base dtype. peft's ``merge_adapter``/``unmerge_adapter``
   would add and subtract the delta in place every step, which drifts the base weights in bf16/fp16.
-  ``rollout.protocol.sync_state`` calls it for peft models, so the colocated vLLM engine and remote rollout
+  ``rollout.weights.sync_state`` calls it for peft models, so the colocated vLLM engine and remote rollout
   servers both receive plain checkpoint-format weights.
 * **Adapter weight sync** (:class:`AdapterSync`): a colocated vLLM engine started with ``enable_lora`` gets only
   the adapter, saved in peft format to a temporary directory and served as a versioned ``LoRARequest``
@@ -135,7 +135,7 @@ def merged_state(model) -> dict[str, torch.Tensor]:
 
     Out of place (the policy's tensors are not modified), accumulated in float32, cast once to the base dtype.
     Names match ``base_model.state_dict()`` exactly (e.g. ``model.layers.0.self_attn.q_proj.weight``), tied
-    duplicates included (see ``rollout.protocol.sync_state``)."""
+    duplicates included (see ``rollout.weights.sync_state``)."""
     from peft.tuners.lora import LoraLayer
     from torch.distributed.tensor import DTensor
     hf = _unwrap(model).get_base_model()

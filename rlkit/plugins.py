@@ -8,7 +8,7 @@ import rlkit.losses  # noqa: F401
 import rlkit.objectives  # noqa: F401
 import rlkit.rollout.auto  # noqa: F401
 import rlkit.rollout.hf  # noqa: F401
-import rlkit.rollout.remote  # noqa: F401  (rollout.engine=vllm_server)
+import rlkit.rollout.server_engine  # noqa: F401  (rollout.engine=vllm_server)
 import rlkit.rollout.vllm_engine  # noqa: F401  (imports vllm lazily, only when built)
 import rlkit.samplers  # noqa: F401
 import rlkit.selection  # noqa: F401

@@ -21,7 +21,7 @@ from rlkit.evaluation import evaluate
 from rlkit.forward import resolve_packing, score_batch
 from rlkit.rollout.canary import check_sync
 from rlkit.rollout.prefetch import RolloutPrefetcher
-from rlkit.rollout.protocol import RolloutWorkerError
+from rlkit.rollout import RolloutWorkerError
 from rlkit.rollout.collect import RolloutContext, collect_rollouts, rollout_metrics
 from rlkit.session import Session, build_session
 from rlkit.console import Progress, format_eval_table, print_table

@@ -23,6 +23,10 @@ FINISH_LENGTH = "length"
 _M32 = 0xFFFFFFFF
 
 
+class RolloutWorkerError(RuntimeError):
+    """A rollout server is unreachable, died, hung, or refused a request (``rollout.engine: vllm_server``)."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int

@@ -15,7 +15,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from rlkit.registry import ENGINES
 from rlkit.rollout import FINISH_LENGTH, FINISH_STOP, Completion, RolloutEngine, SamplingParams
-from rlkit.rollout.protocol import is_sharded
+from rlkit.rollout.weights import is_sharded
 
 _M32 = 0xFFFFFFFF
 

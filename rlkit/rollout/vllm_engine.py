@@ -9,8 +9,9 @@ weights_iterator=..., is_checkpoint_format=True)`` call -- vLLM's supported in-p
 model's own ``load_weights`` (so fused/stacked parameters such as qkv are rebuilt from Hugging Face names) --
 fed by a lazy iterator that stages the policy's state dict in buckets of ``sync_bucket_mb``. Nothing calls
 ``load_weights`` on already-processed parameters (the failure mode of TRL 1.16 colocate on vLLM 0.32).
-A version counter increases with every sync; ``probe_logprobs`` lets the trainer check (canary) that the
-engine really samples from the new weights.
+A version counter increases with every sync and is stamped into the engine (``LLM.update_weight_version``, the
+same per-token version spans the stock-server path reads); every completion is checked to carry the current one,
+and ``probe_logprobs`` lets the trainer check (canary) that the engine really samples from the new weights.
 
 LoRA policies (``model.lora``, rlkit/lora.py): with ``model.lora.sync`` = adapter (or auto) the engine starts with
 ``enable_lora`` (``max_lora_rank`` from r) and a sync pushes only the adapter, as a versioned ``LoRARequest`` that
@@ -42,7 +43,7 @@ import torch
 from rlkit.registry import ENGINES
 from rlkit.rollout import FINISH_LENGTH, FINISH_STOP, Completion, RolloutEngine, SamplingParams
 from rlkit.lora import AdapterSync, use_adapter_sync, vllm_max_lora_rank
-from rlkit.rollout.protocol import iter_sync_buckets
+from rlkit.rollout.weights import iter_sync_buckets
 
 log = logging.getLogger("rlkit.vllm")
 
@@ -96,6 +97,7 @@ class VLLMEngine(RolloutEngine):
             kwargs.update(enable_lora=True, max_lora_rank=vllm_max_lora_rank(self.lora_rank), max_loras=1)
         t0 = time.perf_counter()
         llm = vllm.LLM(**kwargs)
+        llm.update_weight_version("0")
         torch.set_num_threads(threads)
         log.info("vLLM engine ready in %.1f s (%s, dtype %s)", time.perf_counter() - t0, path, dtype)
         return llm
@@ -118,6 +120,8 @@ class VLLMEngine(RolloutEngine):
         sps = [vllm_sampling_params(vllm, params, s) for s in seeds]
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sps, use_tqdm=False,
                                  lora_request=self.lora_request)
+        for o in outs:
+            check_versions(o.outputs[0], str(self.version))
         return [to_completion(o.outputs[0]) for o in outs]
 
     # ------------------------------------------------------------------------------------------ weights
@@ -152,6 +156,7 @@ class VLLMEngine(RolloutEngine):
             self.asleep = False
         self.llm.reset_prefix_cache()
         self.version += 1
+        self.llm.update_weight_version(str(self.version))
         seconds = time.perf_counter() - t0
         self.last_sync = {"sync_s": seconds, "sync_gb": total / 1e9, "sync_gb_per_s": total / 1e9 / max(seconds, 1e-9),
                           "sync_buckets": float(buckets["n"]), "weight_version": float(self.version)}
@@ -164,6 +169,7 @@ class VLLMEngine(RolloutEngine):
         nbytes = self.adapter.push(self.llm, model, self.version + 1)
         self.llm.reset_prefix_cache()
         self.version += 1
+        self.llm.update_weight_version(str(self.version))
         seconds = time.perf_counter() - t0
         self.last_sync = {"sync_s": seconds, "sync_gb": nbytes / 1e9,
                           "sync_gb_per_s": nbytes / 1e9 / max(seconds, 1e-9), "sync_buckets": 1.0,
@@ -226,6 +232,15 @@ def probe_logprobs(llm, prompt_ids: list[int], response_ids: list[int], lora_req
                        use_tqdm=False, lora_request=lora_request)[0]
     entries = out.prompt_logprobs[len(prompt_ids):]
     return [float(entry[tok].logprob) for entry, tok in zip(entries, response_ids)]
+
+
+def check_versions(out, want: str) -> None:
+    """A completion sampled by any weight version but ``want`` means a sync did not take effect: stop."""
+    from rlkit.rollout.canary import WeightSyncError
+    other = {span.version for span in out.weight_versions or []} - {want}
+    if other:
+        raise WeightSyncError(f"vLLM sampled a completion with weight version(s) {sorted(other)} while the trainer "
+                              f"synced version {want}: a weight sync did not take effect")
 
 
 def to_completion(out) -> Completion:

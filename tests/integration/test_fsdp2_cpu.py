@@ -40,7 +40,7 @@ def _check(rank: int, world: int, port: int, model_dir: str) -> None:
     from torch.distributed.tensor import DTensor
     from transformers import AutoModelForCausalLM
 
-    from rlkit.rollout import protocol
+    from rlkit.rollout import weights
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -48,7 +48,7 @@ def _check(rank: int, world: int, port: int, model_dir: str) -> None:
     for layer in model.model.layers:
         fully_shard(layer)
     fully_shard(model)
-    assert protocol.is_sharded(model) and not protocol.is_sharded(ref)
+    assert weights.is_sharded(model) and not weights.is_sharded(ref)
     want = {k: v.detach().clone() for k, v in ref.state_dict().items()}    # HF names, tied lm_head included
 
     # 1. lazy, bucketed, complete and correct; exactly the bucket's gathers have run when a bucket is yielded
@@ -62,15 +62,15 @@ def _check(rank: int, world: int, port: int, model_dir: str) -> None:
     DTensor.full_tensor = counting
     try:
         bucket_bytes, seen, expected_calls = 64 * 1024, {}, 0
-        plan = list(protocol.iter_buckets(protocol.sync_sources(model), bucket_bytes))
+        plan = list(weights.iter_buckets(weights.sync_sources(model), bucket_bytes))
         assert calls["n"] == 0                                                # planning gathers nothing
-        for planned, bucket in zip(plan, protocol.iter_sync_buckets(model, bucket_bytes)):
+        for planned, bucket in zip(plan, weights.iter_sync_buckets(model, bucket_bytes)):
             expected_calls += sum(isinstance(t, DTensor) for _, t in planned)
             assert calls["n"] == expected_calls                              # only this bucket was gathered
             size = sum(t.numel() * t.element_size() for _, t in bucket)
             assert size <= bucket_bytes or len(bucket) == 1
             assert [n for n, _ in bucket] == [n for n, _ in planned]
-            assert protocol.bucket_manifest(planned) == protocol.bucket_manifest(bucket)   # manifests pre-gather
+            assert weights.bucket_manifest(planned) == weights.bucket_manifest(bucket)   # manifests pre-gather
             for name, t in bucket:
                 assert not isinstance(t, DTensor)
                 seen[name] = t.clone()
@@ -83,10 +83,10 @@ def _check(rank: int, world: int, port: int, model_dir: str) -> None:
 
     # 2. vllm_server: only rank 0 consumes; the others join the gathers with drain()
     if rank == 0:
-        got = {n: t.clone() for b in protocol.iter_sync_buckets(model, 4096) for n, t in b}
+        got = {n: t.clone() for b in weights.iter_sync_buckets(model, 4096) for n, t in b}
         assert all(torch.equal(got[k], want[k]) for k in want)
     else:
-        protocol.drain(model, 4096)
+        weights.drain(model, 4096)
 
     # 3. one SGD step, each rank on half the batch == the unsharded model on the whole batch
     torch.manual_seed(0)
@@ -98,7 +98,7 @@ def _check(rank: int, world: int, port: int, model_dir: str) -> None:
     half = ids[rank * 2:(rank + 1) * 2]                                      # FSDP2 averages gradients over ranks
     model(input_ids=half, labels=half).loss.backward()
     opt.step()
-    after = {n: t.clone() for b in protocol.iter_sync_buckets(model, 1 << 20) for n, t in b}
+    after = {n: t.clone() for b in weights.iter_sync_buckets(model, 1 << 20) for n, t in b}
     moved = 0
     for k, v in ref.state_dict().items():
         assert torch.allclose(after[k], v, atol=2e-5), (k, (after[k] - v).abs().max().item())

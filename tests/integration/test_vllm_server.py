@@ -1,9 +1,12 @@
-"""rollout.engine=vllm_server with real vLLM (the CPU build): two workers from `rlkit rollout-server`, each pinned
-to its own core, a short training run whose every sync passes the canary, then a worker killed mid-generation
-(its requests finish on the other worker) that the supervisor restarts and that rejoins with the current weights."""
+"""rollout.engine=vllm_server against real stock vLLM servers (the CPU build), started by `rlkit rollout-server`'s
+launcher, each pinned to its own core: generation and log-probs equal to the trainer's, the native weight
+transfer (rlkit_gloo backend) with versions, the canary catching a skipped update and the tied-head pitfall, a
+training run, a killed server (requests moved, restart, rejoin with the current weights), a hung server dropped
+after the health timeout, and multi-turn episodes continuing from token ids."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -19,31 +22,119 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlkit.forward import token_logprobs
 from rlkit.rollout import SamplingParams
-from rlkit.rollout.canary import check_sync, make_probe
-from rlkit.rollout.remote import VLLMServerEngine
+from rlkit.rollout.canary import WeightSyncError, check_sync, make_probe
+from rlkit.rollout.server_engine import VLLMServerEngine
 from tests.conftest import recipe_dict
-from tests.integration.test_rollout_server import free_port, stop
+from tests.fake_vllm_server import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.multiprocess, pytest.mark.timeout(900),
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm not installed")]
 
 ROOT = Path(__file__).resolve().parents[2]
+PARAMS = SamplingParams(max_new_tokens=24, temperature=1.0)
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir):
+def servers(tiny_model_dir):
+    """Two supervised stock vLLM servers (one core each), as `rlkit rollout-server` runs them."""
+    from rlkit.rollout.launcher import add_parser, plan, stop_all, supervise
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_parser(sub)
     base = free_port(2)
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "rlkit.cli", "rollout-server", "--model", str(tiny_model_dir),
-                             "--workers", "2", "--cpu", "--cpu-cores", "0,1", "--port", str(base), "--kv-cache-gib", "1",
-                             "--max-model-len", "256", "--max-restarts", "1"], env=env, cwd=ROOT)
-    yield [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"], proc
-    stop(proc)
+    args = sub.choices["rollout-server"].parse_args(
+        ["--model", str(tiny_model_dir), "--servers", "2", "--cpu", "--cpu-cores", "0,1", "--port", str(base),
+         "--max-model-len", "256", "--max-restarts", "2"])
+    procs = plan(args)
+    for p in procs:
+        p.env["PYTHONPATH"] = str(ROOT)
+        p.start()
+    stop = threading.Event()
+    threading.Thread(target=supervise, args=(procs, True, 2, stop), daemon=True).start()
+    yield [f"127.0.0.1:{p.port}" for p in procs], procs
+    stop.set()
+    stop_all(procs)
 
 
-def test_two_worker_training_run_passes_the_canary_every_step(server, tiny_model_dir, arith_data, tmp_path):
-    addresses, _ = server
+def _engine(model, tok, addresses, **kw) -> VLLMServerEngine:
+    return VLLMServerEngine(model, tok, addresses=addresses, connect_timeout_s=300, reconnect_every_s=0.0,
+                            health_every_s=5.0, health_timeout_s=5.0, **kw)
+
+
+def _perturb(model, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def _rejoin(eng, model, want: int = 2, timeout_s: float = 300) -> dict:
+    deadline = time.monotonic() + timeout_s          # supervisor restart + vLLM start
+    metrics = eng.sync_weights(model)
+    while metrics["servers_alive"] < want and time.monotonic() < deadline:
+        time.sleep(5)
+        metrics = eng.sync_weights(model)
+    return metrics
+
+
+def test_generation_sync_versions_and_canary(servers, tiny_model_dir):
+    addresses, _ = servers
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    eng = _engine(model, tok, addresses)
+    try:
+        assert _rejoin(eng, model)["servers_alive"] == 2
+        _perturb(model, 1)                                   # far from the servers' --model weights
+        metrics = eng.sync_weights(model)
+        assert metrics["sync_buckets"] >= 1 and metrics["sync_gb"] > 0
+        assert {s.client.weight_version() for s in eng.fleet.servers} == {eng.current}   # versions on both sides
+        prompts = [tok(f"{i}+{i % 7}=").input_ids for i in range(16)]
+        out = eng.generate(prompts, list(range(16)), PARAMS)
+        for p, c in zip(prompts, out):                         # sampling log-probs == the trainer's
+            ids = torch.tensor([c.token_ids])
+            lp, _ = token_logprobs(model, [p], ids, torch.ones_like(ids, dtype=torch.bool), pad_id=tok.pad_token_id)
+            assert (lp[0] - torch.tensor(c.logprobs)).abs().max().item() < 1e-3
+        assert out == eng.generate(prompts, list(range(16)), PARAMS)   # seeded: same completions again
+        probe = make_probe(tok, tok("12+3=").input_ids)
+        assert check_sync(eng, model, probe, pad_id=tok.pad_token_id, tolerance=None, version=1)["canary_diff"] < 1e-3
+        assert len(eng.probe_all(*probe)) == 2                 # every server probed
+        _perturb(model, 2)                                     # an update that never reaches the servers
+        with pytest.raises(WeightSyncError, match="were not applied"):
+            check_sync(eng, model, probe, pad_id=tok.pad_token_id, tolerance=None, version=2)
+    finally:
+        eng.close()
+
+
+def test_named_parameters_leave_the_tied_head_stale(servers, tiny_model_dir, monkeypatch):
+    """What vLLM's ModuleSource sends (named_parameters(): the tied lm_head is not there) fails the canary; the
+    checkpoint's state dict (rlkit's BucketSource) passes it."""
+    from rlkit.rollout import gloo_transfer
+    from rlkit.rollout.weights import iter_buckets
+    addresses, _ = servers
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert model.config.tie_word_embeddings and "lm_head.weight" not in dict(model.named_parameters())
+    eng = _engine(model, tok, addresses)
+    probe = make_probe(tok, tok("12+3=").input_ids)
+    try:
+        _rejoin(eng, model)
+        _perturb(model, 3)
+        monkeypatch.setattr(gloo_transfer.BucketSource, "plan", lambda self: list(
+            iter_buckets({n: p.detach() for n, p in self.model.named_parameters()}, self.bucket_bytes)))
+        eng.sync_weights(model)
+        with pytest.raises(WeightSyncError):
+            check_sync(eng, model, probe, pad_id=tok.pad_token_id, tolerance=None, version=eng.version)
+        monkeypatch.undo()
+        eng.sync_weights(model)
+        assert check_sync(eng, model, probe, pad_id=tok.pad_token_id, tolerance=None,
+                          version=eng.version)["canary_diff"] < 1e-3
+    finally:
+        eng.close()
+
+
+def test_two_server_training_run_passes_the_canary_every_step(servers, tiny_model_dir, arith_data, tmp_path):
+    addresses, _ = servers
     cfg = recipe_dict(tiny_model_dir, arith_data, tmp_path / "run", steps=3, mini_batches=2)  # -> old_logprobs
     cfg["rollout"]["engine"] = {"name": "vllm_server", "addresses": addresses, "connect_timeout_s": 300}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
@@ -54,66 +145,81 @@ def test_two_worker_training_run_passes_the_canary_every_step(server, tiny_model
     rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "rollout/weight_version" in r]
     assert len(steps) == 3
-    assert all(r["rollout/canary_diff"] < 1e-3 for r in steps)              # both workers verified each sync
-    assert all(r["rollout/logprob_diff"] < 1e-3 for r in steps)             # worker sampling logprobs == trainer's
-    assert all(r["rollout/workers_alive"] == 2 for r in steps)
+    assert all(r["rollout/canary_diff"] < 1e-3 for r in steps)              # both servers verified each sync
+    assert all(r["rollout/logprob_diff"] < 1e-3 for r in steps)             # server sampling logprobs == trainer's
+    assert all(r["rollout/servers_alive"] == 2 for r in steps)
     assert [r["rollout/weight_version"] for r in steps] == [1, 2, 3]
-    assert all(r["rollout/sync_buckets"] >= 1 and r["rollout/sync_gb"] > 0 for r in steps)
 
 
-def test_killed_worker_is_survived_and_rejoins_with_current_weights(server, tiny_model_dir):
-    addresses, _ = server
+def test_killed_server_is_survived_and_rejoins_with_current_weights(servers, tiny_model_dir):
+    addresses, procs = servers
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    eng = VLLMServerEngine(model, tok, addresses=addresses, connect_timeout_s=300, reconnect_every_s=0.0)
+    eng = _engine(model, tok, addresses)
     try:
+        assert _rejoin(eng, model)["servers_alive"] == 2
         prompts = [tok(f"{i}+{i % 7}=").input_ids for i in range(64)]
         seeds = list(range(64))
-        params = SamplingParams(max_new_tokens=24, temperature=1.0)
-        reference = eng.generate(prompts, seeds, params)
-        victim = eng.workers[1].info["pid"]
-        os.kill(victim, signal.SIGSTOP)       # frozen mid-run: it takes requests but never answers
-        threading.Timer(1.0, os.kill, (victim, signal.SIGKILL)).start()
-        t0 = time.monotonic()
-        again = eng.generate(prompts, seeds, params)
-        assert time.monotonic() - t0 < 120
-        assert eng.requeued > 0 and eng.workers[1].conn is None
-        # seeded per request: the same completions whichever worker finished them
-        same = sum(a.token_ids == b.token_ids for a, b in zip(reference, again))
-        assert same >= 60, f"only {same}/64 completions identical after the failover"
+        reference = eng.generate(prompts, seeds, PARAMS)
+        victim = procs[1].proc
+        client, calls = eng.fleet.servers[1].client, []
+        send = client.generate
 
-        gen = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-        deadline = time.monotonic() + 300                                      # supervisor restart + vLLM start
-        metrics = eng.sync_weights(model)
-        while metrics["workers_alive"] < 2 and time.monotonic() < deadline:
-            time.sleep(5)
-            metrics = eng.sync_weights(model)
-        assert metrics["workers_alive"] == 2 and eng.workers[1].info["pid"] != victim
+        def dies_mid_generation(*args):
+            calls.append(1)
+            if len(calls) == 5:                         # 4 requests in flight there: the server dies
+                os.killpg(victim.pid, signal.SIGKILL)
+                victim.wait()
+            return send(*args)
+
+        client.generate = dies_mid_generation
+        again = eng.generate(prompts, seeds, PARAMS)
+        client.generate = send
+        assert not eng.fleet.servers[1].alive
+        assert again == reference                       # seeded per request: identical whichever server finished
+        _perturb(model, 4)
+        metrics = _rejoin(eng, model)
+        assert metrics["servers_alive"] == 2 and procs[1].proc is not victim   # restarted by the supervisor
         probe = make_probe(tok, tok("12+3=").input_ids)
         out = check_sync(eng, model, probe, pad_id=tok.pad_token_id, tolerance=None, version=eng.version)
-        assert out["canary_diff"] < 1e-3                                       # both workers hold the new weights
-        assert len(eng.probe_all(*probe)) == 2
+        assert out["canary_diff"] < 1e-3 and len(eng.probe_all(*probe)) == 2   # rejoined with the new weights
     finally:
         eng.close()
 
 
-def test_multi_turn_episodes_continue_on_the_workers(server, tiny_model_dir):
-    """Tool episodes through the workers: the second turn is sampled after the inserted tool result, from the
+def test_hung_server_is_dropped_after_the_health_timeout(servers, tiny_model_dir):
+    addresses, procs = servers
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    eng = _engine(model, tok, addresses)
+    try:
+        assert _rejoin(eng, model)["servers_alive"] == 2
+        prompts = [tok(f"{i}+{i % 5}=").input_ids for i in range(48)]
+        reference = eng.generate(prompts, list(range(48)), PARAMS)
+        procs[0].signal(signal.SIGSTOP)                 # frozen: accepts connections, never answers
+        try:
+            again = eng.generate(prompts, list(range(48)), PARAMS)
+        finally:
+            procs[0].signal(signal.SIGCONT)
+        assert not eng.fleet.servers[0].alive and "hung" in eng.fleet.servers[0].error
+        assert again == reference and eng.requeued > 0
+        assert _rejoin(eng, model)["servers_alive"] == 2       # answers again: rejoins at the next sync
+    finally:
+        eng.close()
+
+
+def test_multi_turn_episodes_continue_on_the_servers(servers, tiny_model_dir):
+    """Tool episodes through the servers: the second turn is sampled after the inserted tool result, from the
     episode's token ids, and its sampling log-probs equal the trainer's over the whole episode."""
     from tests.env_fixtures import TOOL_TEMPLATE
     from tests.integration.test_environment_engines import run_and_compare
-    addresses, _ = server
+    addresses, _ = servers
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tok.chat_template = TOOL_TEMPLATE          # rendering happens in the trainer; the workers see token ids only
-    eng = VLLMServerEngine(model, tok, addresses=addresses, connect_timeout_s=300, reconnect_every_s=0.0)
+    tok.chat_template = TOOL_TEMPLATE          # rendering happens in the trainer; the servers see token ids only
+    eng = _engine(model, tok, addresses)
     try:
-        deadline = time.monotonic() + 300      # the previous test's restarted worker may still be starting
-        while eng.sync_weights(model)["workers_alive"] < 2 and time.monotonic() < deadline:
-            time.sleep(5)
+        _rejoin(eng, model)
         assert run_and_compare(eng, model, tok) < 1e-3
     finally:
         eng.close()

@@ -11,7 +11,7 @@ from rlkit.config import ConfigError, ModelConfig, load_config
 from rlkit.forward import token_logprobs
 from rlkit.lora import AdapterDisabledReference, export_merged, merged_state, use_adapter_sync, vllm_max_lora_rank
 from rlkit.modeling import load_causal_lm
-from rlkit.rollout.protocol import sync_state
+from rlkit.rollout.weights import sync_state
 
 BASE = {"model": {"name_or_path": "m"}, "data": {"train": "t.jsonl"},
         "reward": {"functions": [{"name": "exact_match"}]}}

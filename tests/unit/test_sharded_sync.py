@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlkit.dist import check_launch
-from rlkit.rollout import protocol
+from rlkit.rollout import weights
 
 
 def _tied_net():
@@ -19,13 +19,13 @@ def _tied_net():
 
 def test_plain_model_syncs_its_state_dict_in_buckets_tied_duplicates_included():
     net = _tied_net()
-    assert not protocol.is_sharded(net)
-    buckets = list(protocol.iter_sync_buckets(net, bucket_bytes=100))
+    assert not weights.is_sharded(net)
+    buckets = list(weights.iter_sync_buckets(net, bucket_bytes=100))
     # 0.weight 160 B alone; 1.weight 64 B + 1.bias 16 B = 80 B; 2.weight 160 B alone
     assert [[n for n, _ in b] for b in buckets] == [["0.weight"], ["1.weight", "1.bias"], ["2.weight"]]
     flat = dict(t for b in buckets for t in b)
-    assert list(flat) == list(protocol.sync_state(net))
-    assert all(torch.equal(flat[k], v) and not v.requires_grad for k, v in protocol.sync_state(net).items())
+    assert list(flat) == list(weights.sync_state(net))
+    assert all(torch.equal(flat[k], v) and not v.requires_grad for k, v in weights.sync_state(net).items())
     assert not any(t.requires_grad for t in flat.values())
 
 
@@ -33,8 +33,8 @@ def test_names_are_the_checkpoint_names_through_wrappers():
     net = _tied_net()
     compiled = torch.compile(net)                                  # lazy: nothing compiles until a forward
     assert next(iter(compiled.state_dict())).startswith("_orig_mod.")
-    assert list(protocol.sync_sources(compiled)) == ["0.weight", "1.weight", "1.bias", "2.weight"]
-    assert protocol.hf_name("model._fsdp_wrapped_module.layers.0._checkpoint_wrapped_module.mlp.weight") == \
+    assert list(weights.sync_sources(compiled)) == ["0.weight", "1.weight", "1.bias", "2.weight"]
+    assert weights.hf_name("model._fsdp_wrapped_module.layers.0._checkpoint_wrapped_module.mlp.weight") == \
         "model.layers.0.mlp.weight"
 
 
@@ -46,19 +46,19 @@ def _zero3_param(shape):
 
 def test_zero3_parameters_are_planned_from_their_full_shape():
     state = {"a": _zero3_param((100,)), "b": _zero3_param((100,)), "c": torch.zeros(10)}
-    plan = list(protocol.iter_buckets(state, bucket_bytes=800))   # 400 B + 400 B fit, then 40 B
+    plan = list(weights.iter_buckets(state, bucket_bytes=800))   # 400 B + 400 B fit, then 40 B
     assert [[n for n, _ in b] for b in plan] == [["a", "b"], ["c"]]
-    assert protocol.bucket_manifest(plan[0]) == [("a", (100,), "float32"), ("b", (100,), "float32")]
+    assert weights.bucket_manifest(plan[0]) == [("a", (100,), "float32"), ("b", (100,), "float32")]
     net = torch.nn.Linear(2, 2)
     net.weight = _zero3_param((2, 2))
-    assert protocol.is_sharded(net)
+    assert weights.is_sharded(net)
     with pytest.raises(ImportError, match=r"rlkit\[deepspeed\]"):   # deepspeed is not installed here
-        list(protocol.gather_buckets(plan))
+        list(weights.gather_buckets(plan))
 
 
 def test_drain_is_a_no_op_for_full_weights():
     net = _tied_net()
-    protocol.drain(net, 100)                                        # nothing to gather, no collective
+    weights.drain(net, 100)                                        # nothing to gather, no collective
 
 
 def test_launch_checks(monkeypatch):

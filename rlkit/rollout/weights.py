@@ -1,48 +1,18 @@
-"""Wire protocol between the trainer (``rollout.engine: vllm_server``) and ``rlkit rollout-server`` workers.
+"""What a weight sync sends, and how it travels: the policy's tensors under Hugging Face names, planned in buckets,
+gathered one bucket at a time (sharded policies), packed into one flat byte tensor per bucket, and broadcast over
+a torch.distributed group outside the trainer's default group.
 
-Two channels per (trainer process, worker) pair:
-
-* **Control**: a ``multiprocessing.connection`` socket with HMAC authentication (``RLKIT_ROLLOUT_AUTHKEY``).
-  Messages are pickled dicts with an ``op`` key (pickle: only connect to workers you started; the authkey keeps
-  others out). Every trainer process (rank) opens its own control connection to every worker.
-* **Weights**: a torch.distributed process group of the trainer's rank 0 (group rank 0) and the worker's
-  tensor-parallel ranks (group ranks 1..T) -- gloo on CPU, NCCL on GPU -- created from a TCPStore the trainer
-  hosts. One group per worker, so a restarted worker can rejoin alone. Weights travel as whole buckets: each
-  bucket is one flat uint8 tensor (all its parameters concatenated) and one broadcast, never one call per
-  parameter; the manifest sent on the control channel says how to cut it back into named tensors.
-
-Messages (trainer -> worker, and the worker's reply):
-
-=========  =============================================================  ====================================
-op         fields                                                         reply
-=========  =============================================================  ====================================
-hello      protocol                                                       hello: worker, version, run_id, info
-generate   call, items=[(index, prompt_ids, seed)], params, version       completions (streamed, see below)
-cancel     call                                                           (none; in-flight requests aborted)
-join       addr, port, prefix, backend, timeout_s                         joined
-sync       run_id, version, manifest=[[(name, shape, dtype)], ...]        synced: version, seconds
-probe      prompt_ids, response_ids                                       probe: logprobs
-bye        (none)                                                         (connection closed)
-=========  =============================================================  ====================================
-
-While a ``generate`` call runs, the worker sends ``{"op": "completions", "call", "items": [(index, Completion)]}``
-as soon as requests finish (every engine step that finished some), and ``{"op": "alive"}`` every
-``HEARTBEAT_S`` seconds otherwise, so the trainer can tell a slow worker from a dead or hung one. A worker
-answers ``{"op": "error", "message"}`` to a request it cannot serve (wrong protocol, a ``generate`` tagged with
-another weight version, an exception in the engine). A ``sync`` or ``probe`` waits until the worker's in-flight
-requests have finished, so weights never change in the middle of a completion.
-
-Versions: both sides count syncs. A worker starts at version 0 (the weights of ``--model``) with no run id; after
-a sync it holds ``(run_id, version)`` of the trainer that sent it. ``generate`` carries the trainer's version and
-the worker refuses a mismatch, so a completion can never come silently from other weights.
+Used by the colocated engine (``rollout.engine: vllm``, in-place ``reload_weights`` fed bucket by bucket) and by
+rlkit's gloo weight-transfer backend for stock ``vllm serve`` fleets (:mod:`rlkit.rollout.gloo_transfer`): one
+group of the trainer's rank 0 (group rank 0) and one server's tensor-parallel workers (group ranks 1..T) per
+server, created from a TCPStore the trainer hosts, so a restarted server can rejoin alone. A bucket is one flat
+uint8 tensor (all its parameters concatenated, 16-byte aligned) and one broadcast, never one call per parameter;
+its manifest ``[(name, shape, dtype)]`` says how to cut it back into named tensors.
 """
 
 from __future__ import annotations
 
 import datetime
-import ipaddress
-import os
-import socket
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
@@ -50,42 +20,6 @@ import torch
 import torch.distributed as dist
 
 from rlkit.lora import is_peft, merged_state
-
-PROTOCOL_VERSION = 1
-HEARTBEAT_S = 2.0
-AUTHKEY_ENV = "RLKIT_ROLLOUT_AUTHKEY"
-_LOCAL_DEFAULT_KEY = b"rlkit-local-rollout"
-
-
-class RolloutWorkerError(RuntimeError):
-    """A rollout worker is unreachable, died, hung, or refused a request."""
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    host, sep, port = str(address).rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"rollout worker address '{address}' is not host:port (e.g. 127.0.0.1:51300)")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def authkey(host: str) -> bytes:
-    """The shared secret: ``RLKIT_ROLLOUT_AUTHKEY``; a fixed default is allowed only on loopback addresses."""
-    key = os.environ.get(AUTHKEY_ENV)
-    if key:
-        return key.encode()
-    if not is_loopback(host):
-        raise ValueError(f"rollout workers on '{host}' (not loopback) need a shared secret: set {AUTHKEY_ENV} to the "
-                         "same value for `rlkit rollout-server` and the trainer")
-    return _LOCAL_DEFAULT_KEY
 
 
 # ---------------------------------------------------------------------------------------------- buckets
@@ -250,7 +184,7 @@ def unpack_bucket(flat: torch.Tensor, manifest: list[tuple[str, tuple[int, ...],
     """Inverse of :func:`pack_bucket`: named views into ``flat`` (uint8 [bucket bytes])."""
     offsets, total = _layout(manifest)
     if total != flat.numel():
-        raise RolloutWorkerError(f"weight bucket has {flat.numel()} bytes but its manifest describes {total}")
+        raise ValueError(f"weight bucket has {flat.numel()} bytes but its manifest describes {total}")
     return [(name, flat[start:start + _nbytes(shape, dtype)].view(getattr(torch, dtype)).view(shape))
             for (name, shape, dtype), start in zip(manifest, offsets)]
 
@@ -285,11 +219,3 @@ def receive_buckets(group, manifests: list, device: torch.device | str) -> Itera
         broadcast(group, flat).wait()
         yield from unpack_bucket(flat, manifest)
 
-
-def local_address(conn) -> str:
-    """The local IP of a control connection: the address the worker can reach this process at."""
-    sock = socket.socket(fileno=os.dup(conn.fileno()))
-    try:
-        return sock.getsockname()[0]
-    finally:
-        sock.close()
