@@ -38,8 +38,11 @@ def fake_tokens(prompt: list[int], seed: int, n: int) -> list[int]:
 class FakeServer:
     """``mode``: ok | error (500 on generate) | hang (generate and /health never answer)."""
 
-    def __init__(self, version: str = "v", mode: str = "ok"):
+
+    def __init__(self, version: str = "v", mode: str = "ok", stale_answers: int = 0):
         self.version, self.mode, self.served = version, mode, 0
+        self.stale_answers = stale_answers       # the first ones carry version "stale" (a router's lagging server)
+        self.lock = threading.Lock()
         self.release = threading.Event()
         fake = self
 
@@ -70,12 +73,14 @@ class FakeServer:
                     return
                 sp = body["sampling_params"]
                 ids = fake_tokens(body["token_ids"], sp["seed"], sp["max_tokens"])
-                fake.served += 1
+                with fake.lock:
+                    fake.served += 1
+                    version = "stale" if fake.served <= fake.stale_answers else fake.version
                 time.sleep(0.01)
                 self._send(200, {"choices": [{
                     "token_ids": ids, "finish_reason": "length",
                     "logprobs": {"content": [{"token_id": t, "logprob": -1.0} for t in ids]},
-                    "weight_versions": [{"version": fake.version, "start": 0, "end": len(ids)}]}]})
+                    "weight_versions": [{"version": version, "start": 0, "end": len(ids)}]}]})
 
         class Server(ThreadingHTTPServer):
             request_queue_size = 256             # uvicorn's backlog is 2048; the default 5 resets bursts

@@ -10,6 +10,9 @@
   within ``health_timeout_s``); no answer drops it too (a hung server). A dropped server is retried, at most every
   ``reconnect_every_s``, when the engine syncs weights, and is used again only once it holds the current ones.
   With no server left the call raises :class:`RolloutWorkerError` naming every address and what happened.
+* **Router.** A fleet of one router (vllm-router, llm-d, ...) in front of the servers: a completion of another
+  weight version (a server behind it that missed a sync) is asked again instead of dropping the router; more than
+  3n + 10 such answers in one call is an error naming the router.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class Server:
 class ServerFleet:
     def __init__(self, addresses: list[str], *, max_inflight: int = 64, request_timeout_s: float = 600.0,
                  control_timeout_s: float = 300.0, health_every_s: float = 15.0, health_timeout_s: float = 10.0,
-                 reconnect_every_s: float = 10.0):
+                 reconnect_every_s: float = 10.0, router: bool = False):
         if max_inflight < 1:
             raise ValueError(f"rollout.engine.max_inflight must be >= 1, got {max_inflight}")
         self.servers = [Server(ServerClient(a, request_timeout_s=request_timeout_s,
@@ -61,7 +64,7 @@ class ServerFleet:
         self.max_inflight, self.reconnect_every_s = max_inflight, reconnect_every_s
         self.health_every_s, self.health_timeout_s = health_every_s, health_timeout_s
         self.pool = ThreadPoolExecutor(max_workers=max_inflight * len(self.servers), thread_name_prefix="rlkit-http")
-        self.requeued = 0
+        self.requeued, self.router, self.refused = 0, router, 0
         self._ids = itertools.count()
 
     # ------------------------------------------------------------------------------------------ liveness
@@ -131,7 +134,7 @@ class ServerFleet:
         results: list[Generated | None] = [None] * len(prompts)
         pending: deque[int] = deque(range(len(prompts)))
         owner: dict[Future, tuple[Server, int]] = {}
-        call = next(self._ids)
+        call, self.refused = next(self._ids), 0
         while pending or owner:
             self._fill(pending, owner, prompts, seeds, params, version, call)
             if not owner:
@@ -149,9 +152,12 @@ class ServerFleet:
                     got, refused = None, str(exc)
                 if refused is None:
                     s.last_answer, results[index] = time.monotonic(), got
+                    continue
+                pending.appendleft(index)
+                self.requeued += 1
+                if self.router and got is not None:        # a server behind the router missed a sync: ask again
+                    self._check_router(refused, len(prompts))
                 else:
-                    pending.appendleft(index)
-                    self.requeued += 1
                     self._lose(s, refused, owner, pending)
             self._check_hung(owner, pending)
         return results  # type: ignore[return-value]
@@ -177,6 +183,13 @@ class ServerFleet:
         self.requeued += len(lost)
         s.inflight = set()
         self.drop(s, reason)
+
+    def _check_router(self, refused: str, n: int) -> None:
+        self.refused += 1
+        if self.refused > 3 * n + 10:
+            raise RolloutWorkerError(f"the router {self.servers[0].address} keeps answering with completions "
+                                     f"{refused}: list every server behind it in rollout.engine.addresses, so that "
+                                     "each one receives the weights")
 
     def _check_hung(self, owner: dict, pending: deque) -> None:
         now = time.monotonic()

@@ -22,6 +22,9 @@ the trainer's rank 0; ``rollout.engine.sync_backend: nccl``).
   all of them (:func:`rlkit.rollout.gloo_transfer.send_to_all`), finishes the update with the version string
   ``<run id>:<version>`` and resumes; a dropped server is retried first and, if it answers, rejoins with a new
   weight group and gets the current weights before any request. The canary then probes every server.
+* **Router.** With ``router: host:port`` generation goes through a router in front of the servers (vllm-router,
+  llm-d); the weight sync and the canary still go to every address in ``addresses``, which must list each server
+  behind it.
 * **Security.** vLLM's RL routes are unauthenticated; addresses that are not loopback are refused unless
   ``allow_remote: true`` (see the README: what an exposed route allows and how to firewall it).
 """
@@ -55,8 +58,11 @@ class VLLMServerEngine(RolloutEngine):
                  max_len: int = 256, seed: int = 0, connect_timeout_s: float = 600.0, request_timeout_s: float = 600.0,
                  health_every_s: float = 15.0, health_timeout_s: float = 10.0, sync_timeout_s: float = 300.0,
                  sync_bucket_mb: float = 256.0, sync_backend: str = "rlkit_gloo", max_inflight: int = 64,
-                 reconnect_every_s: float = 10.0, trainer_address: str | None = None, allow_remote: bool = False):
+                 reconnect_every_s: float = 10.0, trainer_address: str | None = None, allow_remote: bool = False,
+                 router: str | None = None):
         addresses = _check_addresses(addresses, allow_remote)
+        if router is not None:
+            _check_addresses([router], allow_remote)
         if sync_backend not in ("rlkit_gloo", "nccl"):
             raise ValueError(f"rollout.engine.sync_backend must be rlkit_gloo or nccl, got '{sync_backend}'")
         if sync_bucket_mb <= 0:
@@ -67,12 +73,17 @@ class VLLMServerEngine(RolloutEngine):
         self.fleet = ServerFleet(addresses, max_inflight=max_inflight, request_timeout_s=request_timeout_s,
                                  control_timeout_s=sync_timeout_s, health_every_s=health_every_s,
                                  health_timeout_s=health_timeout_s, reconnect_every_s=reconnect_every_s)
+        self.router = ServerFleet([router], max_inflight=max_inflight * len(addresses), router=True,
+                                  request_timeout_s=request_timeout_s, health_every_s=health_every_s,
+                                  health_timeout_s=health_timeout_s) if router else None
         self.bucket_bytes, self.sync_backend, self.sync_timeout_s = int(sync_bucket_mb * 2**20), sync_backend, \
             sync_timeout_s
         self.trainer_address = trainer_address
         self.version, self._groups, self._store = 0, 0, None
         self.run_id = self._shared(uuid.uuid4().hex[:12] if self.rank == 0 else None)
         self.fleet.connect_all(connect_timeout_s)
+        if self.router is not None:
+            self.router.connect_all(connect_timeout_s)
         self.last_sync: dict[str, float] = {}
         self.last_sync = self.sync_weights(model, bump=False)
         self.precision = _dtype(self.fleet.alive())
@@ -98,12 +109,15 @@ class VLLMServerEngine(RolloutEngine):
         if not prompt_ids:
             return []
         want = self.current
-        got = self.fleet.generate(prompt_ids, seeds, params, want, lambda g: _refuse_other_versions(g, want))
+        fleet = self.router or self.fleet
+        if self.router is not None:          # the router holds the current weights when a server behind it does
+            self.router.servers[0].holds = want
+        got = fleet.generate(prompt_ids, seeds, params, want, lambda g: _refuse_other_versions(g, want))
         return [g.completion for g in got]
 
     @property
     def requeued(self) -> int:
-        return self.fleet.requeued
+        return self.fleet.requeued + (self.router.requeued if self.router is not None else 0)
 
     # ------------------------------------------------------------------------------------------ weights
     def sync_weights(self, model, bump: bool = True) -> dict[str, float]:
@@ -120,8 +134,10 @@ class VLLMServerEngine(RolloutEngine):
                 self.fleet.drop(s, s.error if not s.alive else "missed the weight sync")
         if not self.fleet.usable(self.current):
             raise self.fleet.none_left()
+        if self.router is not None:
+            self.router.revive()
         out.update(weight_version=float(self.version), servers_alive=float(len(self.fleet.alive())),
-                   requeued=float(self.fleet.requeued))
+                   requeued=float(self.requeued))
         self.last_sync = out
         return dict(out)
 
@@ -192,6 +208,8 @@ class VLLMServerEngine(RolloutEngine):
 
     def close(self) -> None:
         self.fleet.close()
+        if self.router is not None:
+            self.router.close()
 
 
 def _refuse_other_versions(g: Generated, want: str) -> str | None:

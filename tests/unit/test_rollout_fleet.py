@@ -143,3 +143,19 @@ def test_non_loopback_servers_need_allow_remote(tiny_model_dir):
     assert _check_addresses(["10.0.0.5:8000"], True) == ["10.0.0.5:8000"]
     with pytest.raises(ValueError, match="addresses is empty"):
         _check_addresses("", False)
+
+
+def test_a_router_is_asked_again_not_dropped_when_a_server_behind_it_lags(fakes):
+    router = fakes(stale_answers=3)
+    fleet = ServerFleet([router.address], max_inflight=1, router=True)
+    fleet.connect_all(5)
+    fleet.servers[0].holds = "v"
+    _check(fleet.generate(PROMPTS, SEEDS, PARAMS, "v", _accept_version("v")))
+    assert fleet.servers[0].alive and fleet.requeued == 3 and router.served == 43
+    always_stale = fakes(stale_answers=10**6)
+    fleet = ServerFleet([always_stale.address], router=True)
+    fleet.connect_all(5)
+    fleet.servers[0].holds = "v"
+    with pytest.raises(RolloutWorkerError, match=rf"router {always_stale.address} keeps answering.*list every server"):
+        fleet.generate(PROMPTS, SEEDS, PARAMS, "v", _accept_version("v"))
+    fleet.close()
