@@ -42,6 +42,8 @@ class RolloutBatch:
     token_weights: torch.Tensor | None = None  # [N, T] in [0, 1]; 0 = token not trained on
     token_mask: torch.Tensor | None = None     # [N, T] bool, every real token after the prompt: model tokens and
                                                #   tokens an environment inserted (context only); None = response_mask
+    token_versions: torch.Tensor | None = None  # [N, T] long, policy version that sampled each token (-1: not
+                                               # sampled, padding; None: the engine samples from the live policy)
     episodes: list[Any] = field(default_factory=list)  # N rlkit.environments.runner.EpisodeRecord (multi-turn only)
     extras: dict[str, Any] = field(default_factory=dict)  # plug-in specific data (documented by the plug-in)
 

@@ -76,10 +76,13 @@ class _Live:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     mask: list[bool] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)   # policy version per token (-1: inserted or unknown)
     stop_text: str = ""          # text of the token that ended the last model turn (e.g. "<|im_end|>")
 
-    def append(self, ids: list[int], logprobs: list[float] | None, model: bool) -> None:
+    def append(self, ids: list[int], logprobs: list[float] | None, model: bool,
+               versions: list[int] | None = None) -> None:
         self.tokens += ids
+        self.versions += versions if versions is not None else [-1] * len(ids)
         self.logprobs += logprobs if logprobs is not None else [0.0] * len(ids)
         self.mask += [model] * len(ids)
         if ids:
@@ -144,10 +147,12 @@ class EpisodeRunner:
     def _take_turn(self, live: _Live, comp: Completion) -> Future | None:
         """Append one model turn; a Future[Reply] when the environment must answer, None when the episode ended."""
         ids, lps, finish = list(comp.token_ids), list(comp.logprobs), comp.finish_reason
+        versions = list(comp.token_versions) if comp.token_versions is not None else None
         room = self._room(live)
         if room is not None and len(ids) > room:
             ids, lps, finish = ids[:room], lps[:room], FINISH_LENGTH
-        live.append(ids, lps, model=True)
+            versions = versions[:room] if versions is not None else None
+        live.append(ids, lps, model=True, versions=versions)
         live.record.turns += 1
         stopped = finish == FINISH_STOP and bool(ids)
         content = self.tokenizer.decode(ids[:-1] if stopped else ids, skip_special_tokens=False)
@@ -218,4 +223,5 @@ class EpisodeRunner:
         metrics.env_tokens += len(live.mask) - sum(live.mask)
         return Completion(token_ids=live.tokens, logprobs=live.logprobs,
                           finish_reason=FINISH_STOP if rec.finish == STOP else FINISH_LENGTH,
-                          model_mask=live.mask, prompt_ids=live.prompt_ids, episode=rec)
+                          model_mask=live.mask, prompt_ids=live.prompt_ids, episode=rec,
+                          token_versions=live.versions if any(v >= 0 for v in live.versions) else None)

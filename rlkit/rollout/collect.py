@@ -148,10 +148,14 @@ def build_batch(pool: RolloutPool, rows: list[int], group_ids: list[int], pad_id
         raise ValueError(f"sampler pool_stats has shape {tuple(pool_stats.shape)}; expected ({len(pool.prompts)}, 2)"
                          " = (mean, std) per prompt of the pool")
     stats = pool_stats.float()[which] if pool_stats is not None else None                # [N, 2]
+    versions = None
+    if any(c.token_versions is not None for c in comps):
+        versions, _ = right_pad([c.token_versions if c.token_versions is not None else [-1] * len(c.token_ids)
+                                 for c in comps], -1, dtype=torch.long)                           # [N, T]
     return RolloutBatch(
         prompt_ids=[c.prompt_ids if c.prompt_ids is not None else p.prompt_ids for c, p in zip(comps, prompts)],
         response_ids=response_ids, response_mask=response_mask,
-        token_mask=token_mask if multi_turn else None,
+        token_mask=token_mask if multi_turn else None, token_versions=versions,
         episodes=[c.episode for c in comps] if multi_turn else [],
         rollout_logprobs=rollout_logprobs,
         truncated=torch.tensor([c.finish_reason == FINISH_LENGTH for c in comps]),

@@ -128,9 +128,10 @@ class ServerFleet:
               "(train.resume=auto).")
 
     # ------------------------------------------------------------------------------------------ generation
-    def generate(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams, version: str | None,
-                 accept: Acceptor) -> list[Generated]:
-        """One :class:`Generated` per prompt, balanced over the servers holding ``version``."""
+    def generate(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams,
+                 version: Callable[[], "str | None"], accept: Acceptor) -> list[Generated]:
+        """One :class:`Generated` per prompt, balanced over the servers holding ``version()`` (asked at every
+        dispatch: a weight sync may happen while this call runs, from another thread)."""
         results: list[Generated | None] = [None] * len(prompts)
         pending: deque[int] = deque(range(len(prompts)))
         owner: dict[Future, tuple[Server, int]] = {}
@@ -163,7 +164,7 @@ class ServerFleet:
         return results  # type: ignore[return-value]
 
     def _fill(self, pending, owner, prompts, seeds, params, version, call) -> None:
-        servers = self.usable(version)
+        servers = self.usable(version())
         while pending and servers:
             s = min(servers, key=lambda x: len(x.inflight))
             if len(s.inflight) >= self.max_inflight:

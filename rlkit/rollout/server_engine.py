@@ -108,12 +108,28 @@ class VLLMServerEngine(RolloutEngine):
     def generate(self, prompt_ids: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Completion]:
         if not prompt_ids:
             return []
-        want = self.current
+        floor = self.version                 # tokens sampled before this call started are never accepted
         fleet = self.router or self.fleet
         if self.router is not None:          # the router holds the current weights when a server behind it does
-            self.router.servers[0].holds = want
-        got = fleet.generate(prompt_ids, seeds, params, want, lambda g: _refuse_other_versions(g, want))
+            self.router.servers[0].holds = self.current
+        got = fleet.generate(prompt_ids, seeds, params, lambda: self.current,
+                             lambda g: self._versions(g, floor))
         return [g.completion for g in got]
+
+    def _versions(self, g: Generated, floor: int) -> str | None:
+        """Accept a completion whose every token was sampled by a version of this run in [floor, current] (more than
+        one when a weight update happened mid-request: a partial rollout), recording them per token; else why not."""
+        per_token = [-1] * len(g.completion.token_ids)
+        for span in g.spans:
+            run, _, number = span.version.rpartition(":")
+            if run != self.run_id or not number.isdigit() or not floor <= int(number) <= self.version:
+                return (f"sampled by weight version {span.version}, not one of {self.run_id}:{floor}.."
+                        f"{self.version} (missed a sync?)")
+            per_token[span.start:span.end] = [int(number)] * (span.end - span.start)
+        if -1 in per_token:
+            return "the server did not report the weight version of every token (needs vLLM >= 0.32)"
+        g.completion.token_versions = per_token
+        return None
 
     @property
     def requeued(self) -> int:
@@ -210,13 +226,6 @@ class VLLMServerEngine(RolloutEngine):
         self.fleet.close()
         if self.router is not None:
             self.router.close()
-
-
-def _refuse_other_versions(g: Generated, want: str) -> str | None:
-    other = sorted({span.version for span in g.spans} - {want})
-    if other or not g.spans:
-        return f"sampled by weight version(s) {other or 'unknown'}, not the current {want} (missed a sync?)"
-    return None
 
 
 def _check_addresses(addresses: list[str] | str, allow_remote: bool) -> list[str]:

@@ -120,9 +120,12 @@ class VLLMEngine(RolloutEngine):
         sps = [vllm_sampling_params(vllm, params, s) for s in seeds]
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompt_ids], sps, use_tqdm=False,
                                  lora_request=self.lora_request)
+        done = []
         for o in outs:
             check_versions(o.outputs[0], str(self.version))
-        return [to_completion(o.outputs[0]) for o in outs]
+            done.append(to_completion(o.outputs[0]))
+            done[-1].token_versions = [self.version] * len(done[-1].token_ids)
+        return done
 
     # ------------------------------------------------------------------------------------------ weights
     @property

@@ -223,3 +223,46 @@ def test_multi_turn_episodes_continue_on_the_servers(servers, tiny_model_dir):
         assert run_and_compare(eng, model, tok) < 1e-3
     finally:
         eng.close()
+
+
+def test_partial_rollouts_span_an_update_with_per_token_versions(servers, tiny_model_dir):
+    """A weight update while requests are in flight (pause mode keep): they keep their tokens, each token records
+    the version that sampled it, and its sampling log-prob is that version's (old model before the update, new
+    model after it: measured equal to the new model's teacher-forced log-probs within 1e-3, so vLLM recomputes the
+    kept requests' KV cache after the update -- pause clears the cache)."""
+    import copy
+    addresses, _ = servers
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    eng = _engine(model, tok, addresses)
+    try:
+        _rejoin(eng, model)
+        old, v = copy.deepcopy(model), eng.version
+        accept, synced = eng._versions, []
+
+        def update_after_the_first_completion(g, floor):
+            if not synced:                    # the other requests are still decoding on the servers
+                synced.append(1)
+                _perturb(model, 5)
+                eng.sync_weights(model)
+            return accept(g, floor)
+
+        eng._versions = update_after_the_first_completion
+        prompts = [tok(f"{i}*{i % 9}=").input_ids for i in range(32)]
+        out = eng.generate(prompts, list(range(32)), SamplingParams(max_new_tokens=160, temperature=1.0))
+        eng._versions = accept
+        spanning = [c for c in out if set(c.token_versions) == {v, v + 1}]
+        assert spanning, "no request was in flight across the update"
+        for p, c in zip(prompts, out):
+            assert c.token_versions == sorted(c.token_versions) and set(c.token_versions) <= {v, v + 1}
+            ids = torch.tensor([c.token_ids])
+            mask = torch.ones_like(ids, dtype=torch.bool)
+            before, _ = token_logprobs(old, [p], ids, mask, pad_id=tok.pad_token_id)
+            after, _ = token_logprobs(model, [p], ids, mask, pad_id=tok.pad_token_id)
+            newer = torch.tensor(c.token_versions) == v + 1
+            want = torch.where(newer, after[0], before[0])
+            assert (want - torch.tensor(c.logprobs)).abs().max().item() < 1e-3
+            if newer.any():                   # really the new weights: the old ones give other log-probs
+                assert (before[0][newer] - torch.tensor(c.logprobs)[newer]).abs().mean().item() > 1e-2
+    finally:
+        eng.close()

@@ -48,7 +48,7 @@ def _check(results) -> None:
 def test_requests_are_balanced_and_results_are_in_order(fakes):
     a, b = fakes(), fakes()
     fleet = _fleet([a, b], max_inflight=4)
-    _check(fleet.generate(PROMPTS, SEEDS, PARAMS, "v", _accept_version("v")))
+    _check(fleet.generate(PROMPTS, SEEDS, PARAMS, lambda: "v", _accept_version("v")))
     assert a.served + b.served == 40 and a.served >= 8 and b.served >= 8     # both took a real share
     fleet.close()
 
@@ -56,7 +56,7 @@ def test_requests_are_balanced_and_results_are_in_order(fakes):
 def test_a_failing_server_is_dropped_and_its_requests_served_elsewhere(fakes):
     good, bad = fakes(), fakes(mode="error")
     fleet = _fleet([bad, good], max_inflight=4)
-    _check(fleet.generate(PROMPTS, SEEDS, PARAMS, "v", _accept_version("v")))
+    _check(fleet.generate(PROMPTS, SEEDS, PARAMS, lambda: "v", _accept_version("v")))
     assert not fleet.servers[0].alive and "answered 500" in fleet.servers[0].error
     assert fleet.requeued >= 1 and good.served == 40
     fleet.close()
@@ -66,7 +66,7 @@ def test_a_hung_server_is_dropped_after_the_health_timeout(fakes):
     good, hung = fakes(), fakes()
     fleet = _fleet([hung, good], max_inflight=4, health_every_s=0.5, health_timeout_s=0.5)
     hung.mode = "hang"                          # from now on: accepts connections, never answers
-    _check(fleet.generate(PROMPTS, SEEDS, PARAMS, "v", _accept_version("v")))
+    _check(fleet.generate(PROMPTS, SEEDS, PARAMS, lambda: "v", _accept_version("v")))
     assert not fleet.servers[0].alive and "hung" in fleet.servers[0].error
     assert fleet.requeued == 4                  # its four in-flight requests went to the other server
     hung.release.set()
@@ -76,7 +76,7 @@ def test_a_hung_server_is_dropped_after_the_health_timeout(fakes):
 def test_completions_of_another_weight_version_are_refused_and_resent(fakes):
     stale, current = fakes(version="old"), fakes()
     fleet = _fleet([stale, current], max_inflight=2)
-    _check(fleet.generate(PROMPTS, SEEDS, PARAMS, "v", _accept_version("v")))
+    _check(fleet.generate(PROMPTS, SEEDS, PARAMS, lambda: "v", _accept_version("v")))
     assert not fleet.servers[0].alive and "wrong version" in fleet.servers[0].error
     assert stale.served >= 1 and current.served == 40
     fleet.close()
@@ -86,7 +86,7 @@ def test_servers_not_holding_the_version_get_no_requests(fakes):
     a, b = fakes(), fakes()
     fleet = _fleet([a, b])
     fleet.servers[0].holds = None               # e.g. a restarted server before its first sync
-    _check(fleet.generate(PROMPTS, SEEDS, PARAMS, "v", _accept_version("v")))
+    _check(fleet.generate(PROMPTS, SEEDS, PARAMS, lambda: "v", _accept_version("v")))
     assert a.served == 0 and b.served == 40
     fleet.close()
 
@@ -96,7 +96,7 @@ def test_every_server_gone_names_each_address(fakes):
     fleet = _fleet([a, b])
     with pytest.raises(RolloutWorkerError, match=rf"every rollout server is gone: {a.address} \(.*500.*\); "
                                                  rf"{b.address} \(.*500.*\).*resumes from the last checkpoint"):
-        fleet.generate(PROMPTS, SEEDS, PARAMS, "v", _accept_version("v"))
+        fleet.generate(PROMPTS, SEEDS, PARAMS, lambda: "v", _accept_version("v"))
     fleet.close()
 
 
@@ -150,12 +150,12 @@ def test_a_router_is_asked_again_not_dropped_when_a_server_behind_it_lags(fakes)
     fleet = ServerFleet([router.address], max_inflight=1, router=True)
     fleet.connect_all(5)
     fleet.servers[0].holds = "v"
-    _check(fleet.generate(PROMPTS, SEEDS, PARAMS, "v", _accept_version("v")))
+    _check(fleet.generate(PROMPTS, SEEDS, PARAMS, lambda: "v", _accept_version("v")))
     assert fleet.servers[0].alive and fleet.requeued == 3 and router.served == 43
     always_stale = fakes(stale_answers=10**6)
     fleet = ServerFleet([always_stale.address], router=True)
     fleet.connect_all(5)
     fleet.servers[0].holds = "v"
     with pytest.raises(RolloutWorkerError, match=rf"router {always_stale.address} keeps answering.*list every server"):
-        fleet.generate(PROMPTS, SEEDS, PARAMS, "v", _accept_version("v"))
+        fleet.generate(PROMPTS, SEEDS, PARAMS, lambda: "v", _accept_version("v"))
     fleet.close()
