@@ -91,8 +91,10 @@ class RolloutConfig(Strict):
     temperature: float = Field(1.0, ge=0.0, description="sampling temperature (0 = greedy)")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling")
     top_k: int = Field(0, ge=0, description="top-k sampling; 0 = off")
-    max_staleness: int = Field(0, ge=0, le=1, description="1 = generate step t+1 while step t trains (one policy "
-                               "version off-policy; needs an engine with its own weights, e.g. vllm); 0 = synchronous")
+    max_staleness: int = Field(0, ge=0, description="k > 0 = generate the batches of later steps while a step "
+                               "trains: step s trains on a batch from policy version max(0, s - k), exactly "
+                               "(rlkit/rollout/prefetch.py); needs an engine with its own weights, e.g. vllm; "
+                               "0 = synchronous")
     canary_every: int = Field(1, ge=0, description="check every k-th weight sync with the probe canary (0 = off)")
     canary_tolerance: float | None = Field(None, gt=0, description="mean |logprob diff| allowed; default by dtype "
                                            "(fp32 1e-3, bf16 5e-2)")

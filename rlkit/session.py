@@ -164,6 +164,10 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
                          + ("samples from the training module itself" if not engine.owns_weights else
                             "sleeps to give training its memory (set rollout.engine.enable_sleep_mode=false)")
                          + ". Use rollout.engine=vllm or rollout.max_staleness=0.")
+    if r.max_staleness and plugins.sampler.reads_policy:
+        raise ValueError(f"rollout.max_staleness={r.max_staleness} with sampler '{cfg.sampler.name}': this sampler "
+                         "reads the live policy while it chooses (gvm's gradient probe), which would race with the "
+                         "optimizer updating it during background generation. Use rollout.max_staleness=0 with it.")
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
     eval_sampling = SamplingParams(cfg.eval.max_new_tokens or r.max_new_tokens, cfg.eval.temperature, r.top_p, r.top_k)
     probe = make_probe(tokenizer, train_prompts.item(0).prompt_ids)

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from rlkit.batch import RolloutBatch
 from rlkit.build import model_token_bound
-from rlkit.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from rlkit.checkpoint import load_checkpoint, load_rollouts, resolve_resume, save_checkpoint
 from rlkit.config import RecipeConfig, dump_config
 from rlkit.dist import check_launch, mean_over_processes
 from rlkit.evaluation import evaluate
@@ -74,17 +74,26 @@ def prompts_drawn(s: Session) -> int:
     return s.plugins.sampler.prompts_needed(s.cfg.train.prompts_per_step // world) * world
 
 
+def step_batch(s: Session, step: int, position: int,
+               prefetch: RolloutPrefetcher) -> tuple[RolloutBatch, dict[str, float]]:
+    """The batch ``step`` trains on: generated ahead of time (rlkit/rollout/prefetch.py), or now (staleness 0)."""
+    ready = prefetch.take(step)
+    if ready is None:
+        batch, metrics = rollout_phase(s, step, position)
+        metrics["rollout/staleness"] = 0.0
+        return batch, metrics
+    ready.metrics["rollout/staleness"] = float(step - ready.version)   # policy versions since generation
+    return ready.batch, ready.metrics
+
+
 def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext,
             prefetch: RolloutPrefetcher) -> tuple[dict[str, float], RolloutBatch]:
     cfg, p = s.cfg, s.plugins
     times = {"start": time.perf_counter()}
-    ready = prefetch.take(step)
-    batch, metrics = ready if ready is not None else rollout_phase(s, step, position)
-    metrics["rollout/staleness"] = 1.0 if ready is not None else 0.0
+    batch, metrics = step_batch(s, step, position, prefetch)
     times["rollout"] = time.perf_counter()
-    if cfg.rollout.max_staleness and step + 1 < cfg.train.steps:
-        prefetch.start(step + 1, rollout_phase, s, step + 1, position + prompts_drawn(s))
-    else:
+    drawn = prompts_drawn(s)   # step t's prompts start (t - step) steps of data after this step's
+    if not prefetch.launch(step, lambda t: rollout_phase(s, t, position + (t - step) * drawn)):
         s.engine.release()
     batch.rewards = p.objective(batch.raw_rewards, batch.group_ids)
     times["score"] = time.perf_counter()
@@ -152,6 +161,28 @@ def _restore(s: Session, path: Path) -> tuple[int, int]:
     return state["step"], state["data_position"]
 
 
+def _save(s: Session, out_dir: Path, step: int, position: int, prefetch: RolloutPrefetcher) -> Path:
+    """Checkpoint after ``step`` steps, with the batches already generated for later steps (max_staleness > 0)."""
+    return save_checkpoint(s.accelerator, out_dir, step, _trainer_state(s, step, position),
+                           s.cfg.train.keep_checkpoints, rollouts=prefetch.saved(step, s.accelerator.num_processes))
+
+
+def _resume(s: Session, ckpt: Path, prefetch: RolloutPrefetcher) -> tuple[int, int]:
+    """Restore checkpoint ``ckpt``, sync the engine to it and take back the batches it had generated ahead."""
+    step, position = _restore(s, ckpt)
+    log.info("resumed from %s (step %d)", ckpt, step)
+    s.engine.sync_weights(s.policy)  # the engine started from model.name_or_path, not the checkpoint
+    kept = prefetch.restore(load_rollouts(s.accelerator, ckpt), step, s.accelerator.num_processes)
+    if kept:
+        log.info("resumed with the batches generated ahead for steps %s", kept)
+    if prefetch.missing(step):
+        log.warning("the checkpoint holds no generated batch for step(s) %s (saved with another train.steps, "
+                    "rollout.max_staleness or number of processes): they are generated from policy version %d, so "
+                    "this run differs from an uninterrupted one (rollout/staleness logs the truth)",
+                    prefetch.missing(step), step)
+    return step, position
+
+
 def _eval(s: Session, step: int, logger: MetricsLogger, label: str) -> dict[str, float]:
     if not s.eval_prompts:
         return {}
@@ -190,10 +221,8 @@ def _run(s: Session) -> dict[str, float]:
         (out_dir / "config.yaml").write_text(dump_config(cfg))
         log.info("training on %d process(es) (%s, %s)", acc.num_processes, acc.distributed_type.value, acc.device)
     ckpt = resolve_resume(t.resume, out_dir)
-    step, position = _restore(s, ckpt) if ckpt else (0, 0)
-    if ckpt:
-        log.info("resumed from %s (step %d)", ckpt, step)
-        s.engine.sync_weights(s.policy)  # the engine started from model.name_or_path, not the checkpoint
+    prefetch = RolloutPrefetcher(cfg.rollout.max_staleness, t.steps)
+    step, position = _resume(s, ckpt, prefetch) if ckpt else (0, 0)
     logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
                            enabled=acc.is_main_process)
     update_ctx = UpdateContext(acc, s.model, s.optimizer, s.scheduler, s.plugins.losses, s.plugins.aggregation,
@@ -210,7 +239,6 @@ def _run(s: Session) -> dict[str, float]:
     if t.eval_at_start and step == 0:
         summary |= {f"before/{k}": v for k, v in _eval(s, 0, logger, "before RL").items()}
     progress = Progress(t.steps, initial=step, enabled=acc.is_main_process)
-    prefetch = RolloutPrefetcher()
     metrics: dict[str, float] = {}
     saved = step
     try:
@@ -226,11 +254,11 @@ def _run(s: Session) -> dict[str, float]:
             if t.eval_every and step % t.eval_every == 0 and step < t.steps:
                 _eval(s, step, logger, "during RL")
             if (t.save_every and step % t.save_every == 0) or step == t.steps:
-                save_checkpoint(acc, out_dir, step, _trainer_state(s, step, position), t.keep_checkpoints)
+                _save(s, out_dir, step, position, prefetch)
                 saved = step
     except (KeyboardInterrupt, RolloutWorkerError):
         _quiet_wait(prefetch)
-        _on_interrupt(s, out_dir, step, position, saved)
+        _on_interrupt(s, out_dir, step, position, saved, prefetch)
         raise
     finally:
         progress.close()
@@ -248,12 +276,12 @@ def _quiet_wait(prefetch: RolloutPrefetcher) -> None:
         log.warning("in-flight rollout failed while stopping: %s", exc)
 
 
-def _on_interrupt(s: Session, out_dir: Path, step: int, position: int, saved: int) -> None:
+def _on_interrupt(s: Session, out_dir: Path, step: int, position: int, saved: int,
+                  prefetch: RolloutPrefetcher) -> None:
     """Ctrl-C / SIGTERM / every rollout worker lost: keep the finished steps. One process saves now; several keep the last checkpoint
     (a collective save could hang when processes were interrupted at different points)."""
     if step > saved and s.accelerator.num_processes == 1:
-        path = save_checkpoint(s.accelerator, out_dir, step, _trainer_state(s, step, position),
-                               s.cfg.train.keep_checkpoints)
+        path = _save(s, out_dir, step, position, prefetch)
         log.warning("interrupted after step %d: checkpoint saved to %s; run the same command again to resume "
                     "(train.resume=auto)", step, path)
     else:

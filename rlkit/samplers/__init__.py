@@ -74,6 +74,9 @@ class SamplerTools:
 class Sampler(Plugin):
     #: True when ``pool_stats`` returns statistics the advantage estimator must use (checked at build time).
     provides_pool_stats: bool = False
+    #: True when the sampler reads the live policy while choosing (GVM's gradient probe): it cannot run in the
+    #: background generation of rollout.max_staleness > 0, while the optimizer updates that policy.
+    reads_policy: bool = False
     tools: SamplerTools | None = None
     step: int = 0
 

@@ -57,6 +57,8 @@ def score_of(pool: RolloutPool, row: int) -> float:
 class GVMSampler(Sampler):
     """Probe, then allocate a fixed completion budget across prompts by gradient variance (module docstring)."""
 
+    reads_policy = True   # the gradient probe runs on the live policy
+
     def __init__(self, probe_n: int = 8, budget_per_prompt: int | None = None, alpha: float = 1e-3,
                  beta: float = 2.0, correct_threshold: float = 0.5, params: str = "embed_tokens",
                  refresh_steps: int = 1, train_on_probe: bool = False, grad_samples: int | None = None):

@@ -25,10 +25,11 @@ the policy moves; selection happens before rollout and costs no extra rollouts.
 State (checkpointed): ``{dataset row: (a, b, step last touched)}`` and the Thompson sampler's RNG. The RNG is
 counter-based: step s on process k draws from numpy's PCG64 seeded by ``(train.seed, s, k)``, so its whole state is
 the seed (saved) and the step (saved by the trainer); a resume -- also a multi-process one, or one that re-draws a
-step that was in flight with ``rollout.max_staleness > 0`` -- draws the same numbers as an uninterrupted run
-(tests/integration/test_samplers.py). The outcomes of every process are gathered before the update, so all
-processes hold the same posteriors and the one the main process saves is complete. With ``max_staleness > 0`` the
-next step's prompts are chosen before this step's outcomes arrive.
+step whose batch the checkpoint lacks with ``rollout.max_staleness > 0`` -- draws the same numbers as an
+uninterrupted run (tests/integration/test_samplers.py). The outcomes of every process are gathered before the
+update, so all processes hold the same posteriors and the one the main process saves is complete. With
+``max_staleness: k > 0`` step t's prompts are chosen before the outcomes of steps t-k..t-1 arrive
+(rlkit/rollout/prefetch.py).
 
 rlkit choices: posteriors are keyed by the dataset row (``PromptItem.index``), stable across epochs and shuffles;
 the global decay is applied lazily (it composes: Δ1 then Δ2 steps equals Δ1 + Δ2), to the candidates' copies at
