@@ -95,6 +95,10 @@ class RolloutConfig(Strict):
                                "trains: step s trains on a batch from policy version max(0, s - k), exactly "
                                "(rlkit/rollout/prefetch.py); needs an engine with its own weights, e.g. vllm; "
                                "0 = synchronous")
+    partial_rollouts: bool = Field(False, description="with max_staleness >= 1: a weight update does not wait for "
+                                   "the generation in flight (vLLM pause keep); a request spanning it keeps its tokens, "
+                                   "each tagged with the version that sampled it (needs vllm_server; not reproducible "
+                                   "run to run)")
     canary_every: int = Field(1, ge=0, description="check every k-th weight sync with the probe canary (0 = off)")
     canary_tolerance: float | None = Field(None, gt=0, description="mean |logprob diff| allowed; default by dtype "
                                            "(fp32 1e-3, bf16 5e-2)")

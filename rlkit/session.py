@@ -164,6 +164,10 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
                          + ("samples from the training module itself" if not engine.owns_weights else
                             "sleeps to give training its memory (set rollout.engine.enable_sleep_mode=false)")
                          + ". Use rollout.engine=vllm or rollout.max_staleness=0.")
+    if r.partial_rollouts and not (r.max_staleness and engine.syncs_while_generating):
+        raise ValueError("rollout.partial_rollouts=true needs rollout.max_staleness >= 1 (got "
+                         f"{r.max_staleness}) and an engine that updates weights while it generates (vllm_server; "
+                         f"'{r.engine.name}' does not). Set rollout.partial_rollouts=false or use vllm_server.")
     if r.max_staleness and plugins.sampler.reads_policy:
         raise ValueError(f"rollout.max_staleness={r.max_staleness} with sampler '{cfg.sampler.name}': this sampler "
                          "reads the live policy while it chooses (gvm's gradient probe), which would race with the "

@@ -20,6 +20,7 @@ from rlkit.dist import check_launch, mean_over_processes
 from rlkit.evaluation import evaluate
 from rlkit.forward import resolve_packing, score_batch
 from rlkit.rollout.canary import check_sync
+from rlkit.rollout.partial import PartialPrefetcher
 from rlkit.rollout.prefetch import RolloutPrefetcher
 from rlkit.rollout import RolloutWorkerError
 from rlkit.rollout.collect import RolloutContext, collect_rollouts, rollout_metrics
@@ -83,7 +84,23 @@ def step_batch(s: Session, step: int, position: int,
         metrics["rollout/staleness"] = 0.0
         return batch, metrics
     ready.metrics["rollout/staleness"] = float(step - ready.version)   # policy versions since generation
-    return ready.batch, ready.metrics
+    return ready.batch, ready.metrics | token_staleness(ready.batch, s.engine.version)
+
+
+def token_staleness(batch: RolloutBatch, now: int) -> dict[str, float]:
+    """Per-token staleness of a batch trained while the engine holds version ``now`` (= the step: the engine counts
+    syncs, and a resume sets its count to the checkpoint's step), from the versions that sampled each model token;
+    ``partial_frac`` = completions sampled by more than one version."""
+    if batch.token_versions is None:
+        return {}
+    sampled = batch.response_mask & (batch.token_versions >= 0)                          # [N, T]
+    if not sampled.any():
+        return {}
+    age = (now - batch.token_versions)[sampled].float()                                  # [tokens]
+    first = torch.where(sampled, batch.token_versions, batch.token_versions.max() + 1).min(dim=1).values   # [N]
+    last = torch.where(sampled, batch.token_versions, -1).max(dim=1).values              # [N]
+    return {"rollout/staleness_mean": age.mean().item(), "rollout/staleness_max": age.max().item(),
+            "rollout/partial_frac": ((last > first) & sampled.any(dim=1)).float().mean().item()}
 
 
 def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext,
@@ -109,8 +126,8 @@ def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext,
     times["train"] = time.perf_counter()
     metrics.update(policy_update(update_ctx, batch, step))
     times["update"] = time.perf_counter()
-    prefetch.wait()   # the engine must be idle before its weights change (and before the sampler updates)
-    metrics.update(_prefixed("sampler", p.sampler.update(batch, step)))
+    # the engine is idle before its weights change and the sampler updates (partial rollouts: deferred, in order)
+    metrics.update(prefetch.sampler_update(lambda: _prefixed("sampler", p.sampler.update(batch, step))))
     end = time.perf_counter()
     metrics.update({"time/rollout_wait": times["rollout"] - times["start"],
                     "time/score": times["advantage"] - times["score"], "time/train": times["update"] - times["train"],
@@ -171,6 +188,7 @@ def _resume(s: Session, ckpt: Path, prefetch: RolloutPrefetcher) -> tuple[int, i
     """Restore checkpoint ``ckpt``, sync the engine to it and take back the batches it had generated ahead."""
     step, position = _restore(s, ckpt)
     log.info("resumed from %s (step %d)", ckpt, step)
+    s.engine.version = step - 1      # the engine's numbering is the policy's: this sync makes it version `step`
     s.engine.sync_weights(s.policy)  # the engine started from model.name_or_path, not the checkpoint
     kept = prefetch.restore(load_rollouts(s.accelerator, ckpt), step, s.accelerator.num_processes)
     if kept:
@@ -221,7 +239,8 @@ def _run(s: Session) -> dict[str, float]:
         (out_dir / "config.yaml").write_text(dump_config(cfg))
         log.info("training on %d process(es) (%s, %s)", acc.num_processes, acc.distributed_type.value, acc.device)
     ckpt = resolve_resume(t.resume, out_dir)
-    prefetch = RolloutPrefetcher(cfg.rollout.max_staleness, t.steps)
+    prefetch = (PartialPrefetcher if cfg.rollout.partial_rollouts else RolloutPrefetcher)(cfg.rollout.max_staleness,
+                                                                                          t.steps)
     step, position = _resume(s, ckpt, prefetch) if ckpt else (0, 0)
     logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
                            enabled=acc.is_main_process)
@@ -252,6 +271,7 @@ def _run(s: Session) -> dict[str, float]:
             if t.sample_every and step % t.sample_every == 0 and acc.is_main_process:
                 print_table(logger.log_samples(step, _sample_rows(batch), max_chars=320 if batch.episodes else 80))
             if t.eval_every and step % t.eval_every == 0 and step < t.steps:
+                prefetch.wait()      # partial rollouts: nothing generates during an evaluation
                 _eval(s, step, logger, "during RL")
             if (t.save_every and step % t.save_every == 0) or step == t.steps:
                 _save(s, out_dir, step, position, prefetch)
@@ -262,6 +282,7 @@ def _run(s: Session) -> dict[str, float]:
         raise
     finally:
         progress.close()
+        prefetch.close()
     if t.eval_at_end:
         summary |= {f"after/{k}": v for k, v in _eval(s, step, logger, "after RL").items()}
     export_final(s, out_dir / "final")

@@ -75,6 +75,9 @@ class RolloutEngine(Plugin):
 
     owns_weights: bool = False     # True: samples from its own copy (can generate while the policy trains)
     releases_memory: bool = False  # True: release() frees memory, so it cannot generate during training
+    syncs_while_generating: bool = False  # True: sync_weights may run while generate runs in another thread
+    version: int = 0               # policy version held: syncs so far (a resume sets it to the checkpoint's step
+                                   # minus one before its sync); the numbering of Completion.token_versions
     precision: Any = None          # torch dtype the engine computes in, when it differs from the policy's
 
     def generate(self, prompt_ids: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Completion]:

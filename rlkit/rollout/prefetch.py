@@ -109,6 +109,14 @@ class RolloutPrefetcher:
             err, self._error = self._error, None
             raise err
 
+    def sampler_update(self, fn: Callable[[], dict[str, float]]) -> dict[str, float]:
+        """Run the step's sampler update (``fn``) once nothing generates any more; its metrics."""
+        self.wait()
+        return fn()
+
+    def close(self) -> None:
+        """Nothing to stop: the thread of a launch ends with its generation."""
+
     def take(self, step: int) -> ReadyRollout | None:
         """The batch generated for ``step``, or None (generate it now). Earlier steps' batches are dropped; this
         one stays (unmodified: the caller gets a shallow copy) until the next take, so a checkpoint written by an

@@ -53,6 +53,7 @@ class VLLMServerEngine(RolloutEngine):
 
     owns_weights = True
     releases_memory = False
+    syncs_while_generating = True     # pause(mode="keep") -> update -> resume; tokens carry their version
 
     def __init__(self, model, tokenizer, addresses: list[str] | str, accelerator=None, model_path: str | None = None,
                  max_len: int = 256, seed: int = 0, connect_timeout_s: float = 600.0, request_timeout_s: float = 600.0,

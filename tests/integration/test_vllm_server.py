@@ -266,3 +266,24 @@ def test_partial_rollouts_span_an_update_with_per_token_versions(servers, tiny_m
                 assert (before[0][newer] - torch.tensor(c.logprobs)[newer]).abs().mean().item() > 1e-2
     finally:
         eng.close()
+
+
+def test_async_partial_rollout_training_run_stays_within_k(servers, tiny_model_dir, arith_data, tmp_path):
+    """k = 1 with partial rollouts: every token trained at step s was sampled by version s-1 or s, every sync
+    passes the canary, and the run finishes with its checkpoint."""
+    addresses, _ = servers
+    cfg = recipe_dict(tiny_model_dir, arith_data, tmp_path / "run", steps=4, mini_batches=2)
+    cfg["rollout"].update(engine={"name": "vllm_server", "addresses": addresses, "connect_timeout_s": 300},
+                          max_staleness=1, partial_rollouts=True, max_new_tokens=48)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", str(tmp_path / "r.yaml")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "rollout/weight_version" in r]
+    assert [r["rollout/staleness"] for r in steps] == [0, 1, 1, 1]            # launched one version back
+    assert all(0 <= r["rollout/staleness_max"] <= 1 for r in steps[1:])        # per token: admission control
+    assert all(0 <= r["rollout/partial_frac"] <= 1 for r in steps[1:])
+    assert all(r["rollout/canary_diff"] < 1e-3 for r in steps)
+    assert (tmp_path / "run/checkpoints/step_000004").is_dir()
