@@ -5,7 +5,7 @@ Cases (``--cases``), each a short training run:
   vllm          colocated vLLM in the trainer process (in-place ``reload_weights``)
   server1       ``vllm_server`` on 1 stock ``vllm serve`` (started by ``rlkit rollout-server``), native weight
                 transfer over rlkit's gloo backend
-  server2       the same on 2 servers; with ``--server-cores`` each server gets its own share of the cores
+  server2       the same on 2 servers; each server gets one core (``--server-cores`` shares out others)
 
 Every server case runs once per ``--staleness`` value k (``rollout.max_staleness``). ``--stop-tokens K`` makes the
 length distribution long-tailed: K frequent byte tokens become stop tokens of the model (``generation_config``),
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -42,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", nargs="+", default=["vllm", "server1", "server2"])
     ap.add_argument("--staleness", nargs="+", type=int, default=[0])
-    ap.add_argument("--server-cores", default=None, help="CPU cores shared out to the servers (default: all)")
+    ap.add_argument("--server-cores", default=None, help="CPU cores shared out to the servers (default: one each)")
     ap.add_argument("--server-port", type=int, default=51390)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=256)
@@ -88,8 +89,8 @@ def run(case: str, k: int, model: Path, data: dict, base: dict, tmp: Path, args)
 def start_servers(model: Path, count: int, args) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "rlkit.cli", "rollout-server", "--model", str(model), "--servers", str(count),
            "--port", str(args.server_port), "--cpu", "--kv-cache-gib", "2"]
-    if args.server_cores:
-        cmd += ["--cpu-cores", args.server_cores]
+    cores = args.server_cores or ",".join(map(str, sorted(os.sched_getaffinity(0))[:count]))   # one core each
+    cmd += ["--cpu-cores", cores]
     proc = subprocess.Popen(cmd, cwd=ROOT)
     return proc, ",".join(f"127.0.0.1:{args.server_port + i}" for i in range(count))
 

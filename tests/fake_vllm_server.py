@@ -36,19 +36,30 @@ def fake_tokens(prompt: list[int], seed: int, n: int) -> list[int]:
 
 
 class FakeServer:
-    """``mode``: ok | error (500 on generate) | hang (generate and /health never answer)."""
-
+    """``mode``: ok | error (500 on generate) | hang (generate and /health never answer) | drop_reused (keeps
+    connections alive, then closes each without an answer at its second request, as uvicorn closes idle ones)."""
 
     def __init__(self, version: str = "v", mode: str = "ok", stale_answers: int = 0):
-        self.version, self.mode, self.served = version, mode, 0
+        self.version, self.mode, self.served, self.dropped = version, mode, 0, 0
         self.stale_answers = stale_answers       # the first ones carry version "stale" (a router's lagging server)
         self.lock = threading.Lock()
         self.release = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if mode == "drop_reused" else "HTTP/1.0"
+            requests_seen = 0
+
             def log_message(self, *args):
                 pass
+
+            def parse_request(self):
+                self.requests_seen += 1
+                if fake.mode == "drop_reused" and self.requests_seen == 2:
+                    fake.dropped += 1
+                    self.close_connection = True          # the request was read: closed without an answer
+                    return False
+                return super().parse_request()
 
             def _send(self, code: int, body: dict) -> None:
                 data = json.dumps(body).encode()

@@ -84,12 +84,28 @@ class ServerClient:
             self._local.session = requests.Session()
         return self._local.session
 
+    def _send(self, method: str, path: str, json: Any, params: dict | None, timeout: float | None):
+        session = self._session()
+        self._local.reused = getattr(self._local, "used", False)
+        self._local.used = True
+        return session.request(method, f"{self.url}{path}", json=json, params=params,
+                               timeout=timeout or self.control_timeout_s)
+
     def call(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
              timeout: float | None = None) -> Any:
-        """One request; the decoded JSON answer (None for an empty body). Raises :class:`ServerError`."""
+        """One request; the decoded JSON answer (None for an empty body). Raises :class:`ServerError`.
+
+        A kept-alive connection that the server closed while idle (uvicorn closes them after 5 s) fails with a
+        reset before the server reads the request: such a request is sent once more on a new connection."""
         try:
-            r = self._session().request(method, f"{self.url}{path}", json=json, params=params,
-                                        timeout=timeout or self.control_timeout_s)
+            try:
+                r = self._send(method, path, json, params, timeout)
+            except requests.ConnectionError as exc:
+                if _reason(exc) not in _STALE or not self._local.reused:
+                    raise
+                self._local.session.close()
+                self._local.session = requests.Session()
+                r = self._send(method, path, json, params, timeout)
         except requests.Timeout:
             raise ServerError(f"{self.address}: no answer to {path} within {timeout or self.control_timeout_s:g} s "
                               "(hung?)") from None
@@ -183,9 +199,13 @@ def to_generated(address: str, out: Any) -> Generated:
                                 else FINISH_STOP), spans)
 
 
+_STALE = ("connection reset", "connection aborted", "remote end closed connection without response")
+
+
 def _reason(exc: Exception) -> str:
     text = str(exc)
-    for hint in ("Connection refused", "Name or service not known", "Connection reset", "timed out"):
+    for hint in ("Connection refused", "Name or service not known", "Connection reset", "timed out",
+                 "Connection aborted", "Remote end closed connection without response"):
         if hint in text:
             return hint.lower()
     return text[-200:]

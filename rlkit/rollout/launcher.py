@@ -26,6 +26,7 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,8 +146,10 @@ def serve(args) -> int:
     servers = plan(args)
     for s in servers:
         print(f"# server {s.index}\n{s.shell_line()}", flush=True)
-    addresses = ",".join(f"{args.host}:{s.port}" for s in servers)
-    print(f"rollout servers: {addresses}\n  (rollout.engine.addresses={addresses})", flush=True)
+    host = socket.gethostname() if args.host in ("0.0.0.0", "::") else args.host     # all interfaces: this node
+    addresses = ",".join(f"{host}:{s.port}" for s in servers)
+    remote = "" if is_loopback(args.host) else " rollout.engine.allow_remote=true"
+    print(f"rollout servers: {addresses}\n  (rollout.engine.addresses={addresses}{remote})", flush=True)
     if args.print_only:
         return 0
     for s in servers:
@@ -217,7 +220,7 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="HF model id or directory (the trainer pushes its own weights "
                                                   "on connect; this fixes the architecture and tokenizer)")
-    p.add_argument("--servers", "--workers", dest="servers", type=int, default=1, help="number of vLLM servers")
+    p.add_argument("--servers", type=int, default=1, help="number of vLLM servers")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs (or CPU core groups) per server")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (non-loopback needs --allow-remote)")
     p.add_argument("--allow-remote", action="store_true", help="bind a non-loopback interface (firewall it!)")

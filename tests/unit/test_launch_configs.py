@@ -103,39 +103,41 @@ def test_scripts_parse_and_use_existing_commands_and_flags(path):
             assert flag in _launch_options(), f"{path.name}: accelerate launch has no {flag}"
 
 
-def test_rollout_servers_dry_run_prints_addresses_and_a_valid_command():
+def test_rollout_servers_dry_run_prints_the_trainer_settings_and_a_valid_command():
     out = subprocess.run(["bash", str(LAUNCH / "rollout_servers.sh"), "--dry-run", "M", "node1", "node2"],
-                         env={"PATH": "/usr/bin:/bin", "ROLLOUT_WORKERS": "2", "ROLLOUT_PORT": "6000"},
+                         env={"PATH": "/usr/bin:/bin", "ROLLOUT_SERVERS": "2", "ROLLOUT_PORT": "6000"},
                          capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[0] == "rollout.engine.addresses=node1:6000,node1:6001,node2:6000,node2:6001"
-    cmd = shlex.split(out[1])
-    ns = build_parser().parse_args(cmd[1:])
-    assert (ns.model, ns.host, ns.workers, ns.port) == ("M", "0.0.0.0", 2, 6000)
+    assert out[:2] == ["rollout.engine.addresses=node1:6000,node1:6001,node2:6000,node2:6001",
+                       "rollout.engine.allow_remote=true"]
+    ns = build_parser().parse_args(shlex.split(out[2])[1:])
+    assert (ns.model, ns.host, ns.allow_remote, ns.servers, ns.port) == ("M", "0.0.0.0", True, 2, 6000)
 
 
-def test_rollout_servers_refuses_to_start_without_an_authkey():
-    proc = subprocess.run(["bash", str(LAUNCH / "rollout_servers.sh"), "M", "node1"],
-                          env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
-    assert proc.returncode == 2 and "RLKIT_ROLLOUT_AUTHKEY" in proc.stderr
+def test_rollout_server_refuses_a_public_interface_without_allow_remote(tiny_model_dir, capsys):
+    from rlkit.rollout.launcher import plan, serve
+    args = build_parser().parse_args(["rollout-server", "--model", str(tiny_model_dir), "--host", "0.0.0.0",
+                                      "--cpu", "--print-only"])
+    with pytest.raises(SystemExit, match="refusing to bind vLLM's unauthenticated RL routes to 0.0.0.0"):
+        plan(args)
+    args.allow_remote = True
+    assert serve(args) == 0                    # --print-only: the lines, nothing started
+    out = capsys.readouterr().out
+    assert "--host 0.0.0.0" in out and "VLLM_SERVER_DEV_MODE=1" in out
+    assert "rollout.engine.allow_remote=true" in out and "0.0.0.0:8000" not in out.split("rollout servers:")[1]
 
 
-def test_readme_quotes_the_gpu_overlap_error_exactly(monkeypatch):
-    import socket
-    from types import SimpleNamespace
-
-    import torch
-
-    from rlkit.rollout.protocol import RolloutWorkerError
-    from rlkit.rollout.remote import _check_overlap, _Worker
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid="GPU-…"))
-    w = _Worker("127.0.0.1:51300", info={"host": socket.gethostname(), "info": {"devices": ["GPU-…"]}})
-    with pytest.raises(RolloutWorkerError) as err:
-        _check_overlap(w, rank=0)
-    readme = (LAUNCH.parent / "README.md").read_text()
-    quoted = readme.split("```text\nRolloutWorkerError: ")[1].split("\n```")[0].replace("\n", " ")
-    assert quoted == str(err.value)
+def test_local_script_refuses_a_gpu_shared_by_trainer_and_servers(tmp_path):
+    import os
+    import sys
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text('#!/usr/bin/env bash\nprintf "GPU %s\\n" 0 1 2 3\n')
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": str(LAUNCH.parent),
+           "ROLLOUT_DEVICES": "2,3", "TRAIN_DEVICES": "0,1,2", "HOME": os.environ.get("HOME", "/tmp")}
+    proc = subprocess.run(["bash", str(LAUNCH / "rollout_server_local.sh"), "recipes/quickstart.yaml"],
+                          cwd=LAUNCH.parent, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "GPU 2 is in both ROLLOUT_DEVICES=2,3 and TRAIN_DEVICES=0,1,2" in proc.stderr
 
 
 def _fake_bin(tmp_path: Path) -> Path:
@@ -162,7 +164,7 @@ def test_slurm_script_builds_the_documented_launch_lines(tmp_path):
     log = tmp_path / "log"
     env = {"PATH": f"{_fake_bin(tmp_path)}:{Path(sys.executable).parent}:/usr/bin:/bin", "LOG": str(log),
            "SLURM_JOB_NODELIST": "node[1-3]", "SLURM_JOB_ID": "1", "ROLLOUT_NODES": "1", "GPUS_PER_NODE": "4",
-           "ROLLOUT_WORKERS": "2", "PYTHONPATH": str(LAUNCH.parent), "HOME": os.environ.get("HOME", "/tmp")}
+           "ROLLOUT_SERVERS": "2", "PYTHONPATH": str(LAUNCH.parent), "HOME": os.environ.get("HOME", "/tmp")}
     proc = subprocess.run(["bash", str(LAUNCH / "slurm_multinode.sbatch"), "recipes/quickstart.yaml", "train.steps=5"],
                           cwd=LAUNCH.parent, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -174,9 +176,9 @@ def test_slurm_script_builds_the_documented_launch_lines(tmp_path):
     train = ns.training_script_args
     assert train[:3] == ["train", "recipes/quickstart.yaml", "train.steps=5"]
     assert "rollout.engine.name=vllm_server" in train
-    assert "rollout.engine.addresses=node3:51300,node3:51301" in train
+    assert "rollout.engine.addresses=node3:8000,node3:8001" in train and "rollout.engine.allow_remote=true" in train
     server = Path(f"{log}.rlkit").read_text().split("\0")[:-1]
     args = build_parser().parse_args(server)
-    assert (args.command, args.host, args.workers) == ("rollout-server", "0.0.0.0", 2)
+    assert (args.command, args.host, args.allow_remote, args.servers) == ("rollout-server", "0.0.0.0", True, 2)
     sruns = log.read_text().splitlines()
     assert any("--nodelist=node1,node2" in s for s in sruns) and any("--nodelist=node3" in s for s in sruns)

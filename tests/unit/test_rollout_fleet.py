@@ -8,7 +8,7 @@ import pytest
 from rlkit.rollout import SamplingParams
 from rlkit.rollout import RolloutWorkerError
 from rlkit.rollout.fleet import ServerFleet
-from rlkit.rollout.http_client import ServerError, to_generated
+from rlkit.rollout.http_client import ServerClient, ServerError, to_generated
 from tests.fake_vllm_server import FakeServer, fake_tokens, free_port
 
 PARAMS = SamplingParams(max_new_tokens=5)
@@ -159,3 +159,15 @@ def test_a_router_is_asked_again_not_dropped_when_a_server_behind_it_lags(fakes)
     with pytest.raises(RolloutWorkerError, match=rf"router {always_stale.address} keeps answering.*list every server"):
         fleet.generate(PROMPTS, SEEDS, PARAMS, lambda: "v", _accept_version("v"))
     fleet.close()
+
+
+def test_a_kept_alive_connection_closed_by_the_server_is_retried_on_a_new_one(fakes):
+    """CI saw `pause failed: cannot connect (connection reset)` on a live server: the client reused a connection
+    the server had closed while idle. Such a request goes once more on a new connection; a real refusal does not."""
+    fake = fakes(mode="drop_reused")
+    client = ServerClient(fake.address)
+    assert client.call("GET", "/health") == {} and fake.dropped == 0
+    for dropped in (1, 2, 3):                       # each connection's 2nd request: dropped, resent, answered
+        assert client.call("GET", "/health") == {} and fake.dropped == dropped
+    with pytest.raises(ServerError, match="cannot connect"):
+        ServerClient(f"127.0.0.1:{free_port()}").call("GET", "/health")
