@@ -12,7 +12,8 @@ length distribution long-tailed: K frequent byte tokens become stop tokens of th
 so a random model stops after a geometric number of tokens instead of always at the cap.
 
 Prints, per case: completion tokens/s, weight-sync seconds and GB/s, the per-step time split, the overhead share
-= (step - generation - training compute) / step, and the mean staleness.
+= (step - generation - training compute) / step (k = 0 only: with k > 0 generation overlaps training, so compare
+step_s), and the mean staleness.
 Usage: python benchmarks/rollout.py [--cases vllm server1 server2] [--staleness 0 1 2] [--steps 3]
            [--max-new-tokens 256] [--stop-tokens 0] [--server-cores 0,1]
 """
@@ -83,6 +84,8 @@ def run(case: str, k: int, model: Path, data: dict, base: dict, tmp: Path, args)
             server.wait(timeout=60)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     stale = [r["rollout/staleness"] for r in rows if "rollout/staleness" in r][1:]
+    if k > 0:     # generation runs beside training: step - generate - train is no overhead measure then
+        row |= {"other_s": float("nan"), "overhead_share": float("nan")}
     return row | {"staleness": sum(stale) / max(len(stale), 1)}
 
 

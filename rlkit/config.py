@@ -50,8 +50,9 @@ class LoRAConfig(Strict):
         "all-linear", description="'all-linear' (every Linear except the output head) or module names, e.g. "
                                   "[q_proj, v_proj]")
     sync: Literal["auto", "adapter", "merged"] = Field(
-        "auto", description="how a colocated vLLM engine gets new weights: adapter = push only the adapter "
-        "(vLLM LoRA), merged = full W + (alpha/r) B A weights; auto = adapter where the engine supports it")
+        "auto", description="how a vLLM engine (colocated or vllm_server) gets new weights: adapter = push only "
+        "the adapter (vLLM LoRA; servers need `rlkit rollout-server --lora-rank R`), merged = full W + (alpha/r) B A "
+        "weights; auto = adapter where the engine supports it")
 
     @field_validator("target_modules")
     @classmethod
@@ -247,13 +248,6 @@ class RecipeConfig(Strict):
         if self.train.eval_every or self.train.eval_at_start:
             if self.data.eval is None:
                 raise ValueError("train.eval_every / train.eval_at_start need data.eval (a held-out prompt file)")
-        lora, engine = self.model.lora, self.rollout.engine.name
-        if lora is not None and lora.sync == "adapter" and engine == "vllm_server":
-            # rollout workers receive full weights over the sync channel (rlkit/rollout/weights.py): the adapter
-            # would be merged on every sync, which is exactly what an explicit `adapter` asks to avoid
-            raise ValueError("model.lora.sync=adapter needs the colocated vLLM engine (rollout.engine: vllm or "
-                             "auto); rollout.engine 'vllm_server' workers receive merged weights. Set "
-                             "model.lora.sync to merged (or auto, which merges for vllm_server)")
         return self
 
 

@@ -7,7 +7,10 @@ Routes used (vLLM 0.32; the RL routes exist only with ``VLLM_SERVER_DEV_MODE=1``
   distribution actually sampled, when the server runs ``--logprobs-mode processed_logprobs``) and
   ``weight_versions``: which weight version sampled which output tokens. ``prompt_logprobs`` on the same route is
   the sync canary's probe.
-* ``GET /health``, ``GET /weight_info``, ``GET /server_info`` (dtype), ``POST /pause?mode=keep``, ``/resume``.
+* ``GET /health``, ``GET /weight_info``, ``GET /server_info`` (dtype), ``POST /pause?mode=keep``, ``/resume``,
+  ``/update_weight_version``.
+* LoRA (servers with ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=1``): ``POST /v1/load_lora_adapter``;
+  with :attr:`ServerClient.adapter` set, every generate and probe request names that adapter (``model``).
 * weight transfer: ``/init_weight_transfer_engine``, ``/start_weight_update``, ``/update_weights``,
   ``/finish_weight_update`` -- the four methods of vLLM's ``VLLMWeightSyncClient`` protocol, so this class is
   the ``client`` handed to a vLLM ``TrainerWeightTransferEngine``.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +72,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_addresses(addresses: list[str] | str, allow_remote: bool) -> list[str]:
+    if isinstance(addresses, str):
+        addresses = [a for a in addresses.split(",") if a.strip()]
+    if not addresses:
+        raise ValueError("rollout.engine.addresses is empty: list the host:port of every vLLM server "
+                         "(`rlkit rollout-server` prints them)")
+    remote = [a for a in addresses if not is_loopback(parse_address(a)[0])]
+    if remote and not allow_remote:
+        raise ValueError(
+            f"rollout server address(es) {remote} are not loopback: vLLM's weight and control routes have no "
+            "authentication, so anyone who can reach them can replace the weights or run worker methods. Put the "
+            "servers on a private network or behind a firewall (README, 'Rollout servers'), then set "
+            "rollout.engine.allow_remote=true")
+    return [a.strip() for a in addresses]
+
+
+def reachable_from(host: str) -> str:
+    """This machine's address on the route to ``host`` (where that server can reach our TCPStore)."""
+    if is_loopback(host):
+        return "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((host, 9))                  # no packet is sent: this only picks the route
+        return sock.getsockname()[0]
+
+
+
 class ServerClient:
     """Blocking calls to one server; safe to use from many threads (one ``requests.Session`` per thread)."""
 
@@ -77,6 +107,7 @@ class ServerClient:
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         self.request_timeout_s, self.control_timeout_s = request_timeout_s, control_timeout_s
         self._local = threading.local()
+        self.adapter: str | None = None      # the LoRA adapter every request uses (None: the base weights)
 
     # ------------------------------------------------------------------------------------------ transport
     def _session(self) -> requests.Session:
@@ -93,7 +124,7 @@ class ServerClient:
 
     def call(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
              timeout: float | None = None) -> Any:
-        """One request; the decoded JSON answer (None for an empty body). Raises :class:`ServerError`.
+        """One request; the decoded JSON answer (its text if not JSON, None if empty). Raises :class:`ServerError`.
 
         A kept-alive connection that the server closed while idle (uvicorn closes them after 5 s) fails with a
         reset before the server reads the request: such a request is sent once more on a new connection."""
@@ -111,12 +142,17 @@ class ServerClient:
                               "(hung?)") from None
         except requests.ConnectionError as exc:
             raise ServerError(f"{self.address}: cannot connect ({_reason(exc)})") from None
-        if r.status_code == 404 and path not in ("/health",):
-            raise ServerError(f"{self.address}: {path} not found: start the server with VLLM_SERVER_DEV_MODE=1 "
+        if r.status_code == 404 and r.text.replace(" ", "") == '{"detail":"NotFound"}':   # FastAPI: no such route
+            raise ServerError(f"{self.address}: no route {path}: start the server with VLLM_SERVER_DEV_MODE=1 "
                               "and --enable-scale-out (`rlkit rollout-server --print-only` shows the command)")
         if r.status_code >= 400:
             raise ServerError(f"{self.address}: {path} answered {r.status_code}: {r.text[-500:]}")
-        return r.json() if r.content else None
+        if not r.content:
+            return None
+        try:
+            return r.json()
+        except ValueError:                       # a plain-text answer (e.g. /v1/load_lora_adapter's "Success: ...")
+            return r.text
 
     # ------------------------------------------------------------------------------------------ generation
     def generate(self, prompt_ids: list[int], seed: int, params: SamplingParams, request_id: str) -> Generated:
@@ -126,15 +162,19 @@ class ServerClient:
                     "top_k": -1 if (greedy or params.top_k == 0) else params.top_k,
                     "seed": int(seed), "logprobs": 0, "detokenize": False}
         out = self.call("POST", "/inference/v1/generate", timeout=self.request_timeout_s,
-                        json={"request_id": request_id, "token_ids": list(prompt_ids), "sampling_params": sampling})
+                        json=self._body({"request_id": request_id, "token_ids": list(prompt_ids),
+                                         "sampling_params": sampling}))
         return to_generated(self.address, out)
+
+    def _body(self, body: dict) -> dict:
+        return body if self.adapter is None else body | {"model": self.adapter}
 
     def probe(self, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
         """log pi_server(response_ids[t] | prompt, response[:t]) at temperature 1 (prompt log-probs)."""
         seq = list(prompt_ids) + list(response_ids)
         out = self.call("POST", "/inference/v1/generate", timeout=self.request_timeout_s,
-                        json={"token_ids": seq, "sampling_params": {"max_tokens": 1, "prompt_logprobs": 0,
-                                                                     "detokenize": False}})
+                        json=self._body({"token_ids": seq, "sampling_params": {"max_tokens": 1, "prompt_logprobs": 0,
+                                                                                "detokenize": False}}))
         entries = (out or {}).get("prompt_logprobs") or []
         try:
             return [float(e[str(t)]["logprob"]) for e, t in zip(entries[len(prompt_ids):], response_ids)]
@@ -151,6 +191,11 @@ class ServerClient:
     def weight_version(self) -> str | None:
         return (self.call("GET", "/weight_info") or {}).get("weight_version")
 
+    def world_size(self) -> int:
+        """The server's model workers (TP x PP x DP), each a member of the weight group."""
+        info = self.call("GET", "/get_world_size", params={"include_dp": "true"}) or {}
+        return int(info.get("world_size", 1)) if isinstance(info, dict) else int(info)
+
     def dtype(self) -> str | None:
         """The dtype the server computes in (from ``/server_info``), e.g. ``float32``; None if not reported."""
         info = self.call("GET", "/server_info") or {}
@@ -163,6 +208,21 @@ class ServerClient:
 
     def resume(self) -> None:
         self.call("POST", "/resume")
+
+    def update_weight_version(self, version: str) -> None:
+        self.call("POST", "/update_weight_version", json={"new_version": version})
+
+    def load_lora_adapter(self, name: str, path: str) -> None:
+        """Load (or replace in place) adapter ``name`` from ``path``, a peft directory the server can read."""
+        try:
+            self.call("POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path,
+                                                              "load_inplace": True})
+        except ServerError as exc:
+            if "no route" in str(exc):
+                raise ServerError(f"{self.address}: no runtime LoRA loading: start the server with "
+                                  "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1 and --enable-lora --max-lora-rank R "
+                                  "(`rlkit rollout-server --lora-rank R` adds them)") from None
+            raise
 
     # ------------------------------------------------------------------------------------------ weight transfer
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:

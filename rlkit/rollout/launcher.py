@@ -13,7 +13,8 @@ you can run them yourself, e.g. under your cluster's scheduler). The CPU build o
 console script, so the lines run the same server as ``python -m vllm.entrypoints.launchers.api_server.entry``.
 
 Binding to anything but loopback is refused without ``--allow-remote``: the RL routes (weight transfer,
-``/collective_rpc``, ``/pause``, ``/sleep``) are unauthenticated. With ``--restart`` (default) a server that exits is
+``/collective_rpc``, ``/pause``, ``/sleep``) are unauthenticated. ``--lora-rank R`` lets a LoRA policy's adapter
+be loaded at every sync (``--enable-lora`` and runtime adapter loading, whose route is unauthenticated too). With ``--restart`` (default) a server that exits is
 started again (at most ``--max-restarts`` times each); the trainer picks it up at its next weight sync and sends
 it the current weights before any request. SIGINT/SIGTERM stops all servers.
 """
@@ -32,6 +33,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from rlkit.lora import vllm_max_lora_rank
 from rlkit.rollout.http_client import is_loopback
 
 log = logging.getLogger("rlkit.launcher")
@@ -114,6 +116,8 @@ def server_command(args, port: int, cuda: bool) -> list[str]:
            "--weight-transfer-config", json.dumps({"backend": backend})]
     if args.max_model_len:
         cmd += ["--max-model-len", str(args.max_model_len)]
+    if args.lora_rank:           # runtime adapter loading (rlkit/rollout/server_lora.py); one adapter per run
+        cmd += ["--enable-lora", "--max-lora-rank", str(vllm_max_lora_rank(args.lora_rank)), "--max-loras", "1"]
     if cuda:
         cmd += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
     else:   # eager on CPU; no chunked prefill: vLLM 0.32 crashes seeded requests on CPU with it (rlkit/rollout/vllm_engine.py)
@@ -139,6 +143,8 @@ def plan(args) -> list[ServerProcess]:
     import torch
     cuda = torch.cuda.is_available() and not args.cpu
     envs = server_envs(args.servers, args.tensor_parallel_size, args.devices, args.cpu_cores, cuda, args.kv_cache_gib)
+    if args.lora_rank:
+        envs = [env | {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"} for env in envs]
     return [ServerProcess(i, args.port + i, env, server_command(args, args.port + i, cuda)) for i, env in enumerate(envs)]
 
 
@@ -234,6 +240,8 @@ def add_parser(sub) -> None:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--weight-transfer", choices=["rlkit_gloo", "nccl"], default=None,
                    help="weight-transfer backend (default: nccl with CUDA, else rlkit_gloo)")
+    p.add_argument("--lora-rank", type=int, default=0, help="serve LoRA adapters up to this rank, loaded at every "
+                   "sync (model.lora.r of the recipe; 0 = off: a LoRA policy then gets merged weights)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restart", action=argparse.BooleanOptionalAction, default=True, help="restart servers that exit")
     p.add_argument("--max-restarts", type=int, default=3)

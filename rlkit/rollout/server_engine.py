@@ -25,14 +25,17 @@ the trainer's rank 0; ``rollout.engine.sync_backend: nccl``).
 * **Router.** With ``router: host:port`` generation goes through a router in front of the servers (vllm-router,
   llm-d); the weight sync and the canary still go to every address in ``addresses``, which must list each server
   behind it.
+* **LoRA.** With ``model.lora`` the servers get the base weights once per connection and the adapter at every
+  sync through vLLM's runtime adapter loading (:mod:`rlkit.rollout.server_lora`), where they allow it; otherwise
+  (``sync: auto``) merged weights at every sync.
 * **Security.** vLLM's RL routes are unauthenticated; addresses that are not loopback are refused unless
   ``allow_remote: true`` (see the README: what an exposed route allows and how to firewall it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import time
 import uuid
 
@@ -41,7 +44,7 @@ import torch
 from rlkit.registry import ENGINES
 from rlkit.rollout import Completion, RolloutEngine, SamplingParams
 from rlkit.rollout.fleet import Server, ServerFleet
-from rlkit.rollout.http_client import Generated, ServerError, is_loopback, parse_address
+from rlkit.rollout.http_client import Generated, ServerError, check_addresses, parse_address, reachable_from
 from rlkit.rollout.weights import drain, host_store
 
 log = logging.getLogger("rlkit.server_engine")
@@ -60,10 +63,10 @@ class VLLMServerEngine(RolloutEngine):
                  health_every_s: float = 15.0, health_timeout_s: float = 10.0, sync_timeout_s: float = 300.0,
                  sync_bucket_mb: float = 256.0, sync_backend: str = "rlkit_gloo", max_inflight: int = 64,
                  reconnect_every_s: float = 10.0, trainer_address: str | None = None, allow_remote: bool = False,
-                 router: str | None = None):
-        addresses = _check_addresses(addresses, allow_remote)
+                 router: str | None = None, lora=None, adapter_dir: str | None = None):
+        addresses = check_addresses(addresses, allow_remote)
         if router is not None:
-            _check_addresses([router], allow_remote)
+            check_addresses([router], allow_remote)
         if sync_backend not in ("rlkit_gloo", "nccl"):
             raise ValueError(f"rollout.engine.sync_backend must be rlkit_gloo or nccl, got '{sync_backend}'")
         if sync_bucket_mb <= 0:
@@ -85,9 +88,36 @@ class VLLMServerEngine(RolloutEngine):
         self.fleet.connect_all(connect_timeout_s)
         if self.router is not None:
             self.router.connect_all(connect_timeout_s)
+        self.adapters = self._adapters(model, lora, adapter_dir)
         self.last_sync: dict[str, float] = {}
         self.last_sync = self.sync_weights(model, bump=False)
         self.precision = _dtype(self.fleet.alive())
+
+    def _adapters(self, model, lora, adapter_dir: str | None):
+        """Adapter sync where every server allows runtime LoRA loading; None = full (merged) weights."""
+        from rlkit.lora import use_adapter_sync
+        from rlkit.rollout.server_lora import ServerAdapters, explain
+        if lora is None or not use_adapter_sync(lora):
+            return None
+        self.adapters = None
+        adapters = ServerAdapters(lora, self.run_id, adapter_dir if self.rank == 0 else None)
+        if self.rank == 0:
+            adapters.save(model, 0)                  # version 0, loaded by the first sync: here it is the probe
+        refused = self._shared({s.address: why for s in self.fleet.alive() if (why := adapters.refusal(s.client))}
+                               if self.rank == 0 else None)
+        if refused:
+            adapters.close()
+            address, why = next(iter(refused.items()))
+            if adapters.required:
+                self.close()
+                raise ValueError(explain(address, why))
+            log.warning("model.lora.sync=auto -> merged weights at every sync: server %s cannot load adapters "
+                        "(%s)", address, why)
+            return None
+        for client in [s.client for s in self.fleet.servers] + ([self.router.servers[0].client] if self.router
+                                                                 else []):
+            client.adapter = adapters.name           # every rank's requests use the adapter
+        return adapters
 
     @property
     def current(self) -> str:
@@ -164,6 +194,7 @@ class VLLMServerEngine(RolloutEngine):
         t0 = time.perf_counter()
         self.fleet.revive()
         source = BucketSource(model, self.bucket_bytes)
+        fresh = {s.address for s in self.fleet.alive() if s.sender is None}     # new connections: full weights
         targets = [s for s in self.fleet.alive() if self._join(s, source)]
         for s in list(targets):
             try:
@@ -171,18 +202,25 @@ class VLLMServerEngine(RolloutEngine):
             except ServerError as exc:
                 self.fleet.drop(s, f"pause failed: {exc}")
                 targets.remove(s)
-        plan = source.plan()
-        failed = send(self.sync_backend, [s.sender for s in targets], source, self.current) if targets else {}
+        full = targets if self.adapters is None else [s for s in targets if s.address in fresh]
+        with self.adapters.base_weights(model) if self.adapters is not None else contextlib.nullcontext():
+            plan = source.plan() if full else []
+            failed = send(self.sync_backend, [s.sender for s in full], source, self.current) if full else {}
+        total = sum(t.numel() * t.element_size() for b in plan for _, t in b)
+        total += self.adapters.save(model, self.version) if self.adapters is not None else 0
         for s in targets:
             if s.sender in failed:
                 self.fleet.drop(s, f"weight transfer failed: {failed[s.sender]}")
                 continue
             try:
+                if self.adapters is not None:
+                    self.adapters.load(s.client, self.current)
                 s.client.resume()
                 s.holds = self.current
             except ServerError as exc:
-                self.fleet.drop(s, f"resume failed: {exc}")
-        total = sum(t.numel() * t.element_size() for b in plan for _, t in b)
+                self.fleet.drop(s, f"adapter load or resume failed: {exc}")
+        if self.adapters is not None:
+            self.adapters.forget_old()
         seconds = time.perf_counter() - t0
         return {"sync_s": seconds, "sync_gb": total / 1e9, "sync_gb_per_s": total / 1e9 / max(seconds, 1e-9),
                 "sync_buckets": float(len(plan))}
@@ -196,9 +234,9 @@ class VLLMServerEngine(RolloutEngine):
             self._store = host_store(self.sync_timeout_s)
         self._groups += 1
         try:
-            spec = GroupSpec(self.trainer_address or _reachable_from(parse_address(s.address)[0]),
+            spec = GroupSpec(self.trainer_address or reachable_from(parse_address(s.address)[0]),
                              self._store.port if self._store is not None else 0,
-                             f"rlkit/{self.run_id}/{self._groups}", 1 + _worker_count(s), self.sync_timeout_s)
+                             f"rlkit/{self.run_id}/{self._groups}", 1 + s.client.world_size(), self.sync_timeout_s)
             s.sender = open_sender(self.sync_backend, s.client, source, spec)
         except (ServerError, RuntimeError, ValueError) as exc:
             self.fleet.drop(s, f"could not form the weight group: {exc}")
@@ -224,40 +262,11 @@ class VLLMServerEngine(RolloutEngine):
         return self._shared(out)
 
     def close(self) -> None:
+        if self.adapters is not None:
+            self.adapters.close()
         self.fleet.close()
         if self.router is not None:
             self.router.close()
-
-
-def _check_addresses(addresses: list[str] | str, allow_remote: bool) -> list[str]:
-    if isinstance(addresses, str):
-        addresses = [a for a in addresses.split(",") if a.strip()]
-    if not addresses:
-        raise ValueError("rollout.engine.addresses is empty: list the host:port of every vLLM server "
-                         "(`rlkit rollout-server` prints them)")
-    remote = [a for a in addresses if not is_loopback(parse_address(a)[0])]
-    if remote and not allow_remote:
-        raise ValueError(
-            f"rollout server address(es) {remote} are not loopback: vLLM's weight and control routes have no "
-            "authentication, so anyone who can reach them can replace the weights or run worker methods. Put the "
-            "servers on a private network or behind a firewall (README, 'Rollout servers'), then set "
-            "rollout.engine.allow_remote=true")
-    return [a.strip() for a in addresses]
-
-
-def _reachable_from(host: str) -> str:
-    """This machine's address on the route to ``host`` (where that server can reach our TCPStore)."""
-    if is_loopback(host):
-        return "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect((host, 9))                  # no packet is sent: this only picks the route
-        return sock.getsockname()[0]
-
-
-def _worker_count(s: Server) -> int:
-    """The server's model workers (TP x PP x DP), each a member of the weight group."""
-    info = s.client.call("GET", "/get_world_size", params={"include_dp": "true"}) or {}
-    return int(info.get("world_size", 1)) if isinstance(info, dict) else int(info)
 
 
 def _dtype(servers: list[Server]) -> torch.dtype | None:

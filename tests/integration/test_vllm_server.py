@@ -36,23 +36,29 @@ ROOT = Path(__file__).resolve().parents[2]
 PARAMS = SamplingParams(max_new_tokens=24, temperature=1.0)
 
 
-@pytest.fixture(scope="module")
-def servers(tiny_model_dir):
-    """Two supervised stock vLLM servers (one core each), as `rlkit rollout-server` runs them."""
-    from rlkit.rollout.launcher import add_parser, plan, stop_all, supervise
+def launch(model_dir, count: int, cores: str, *extra: str):
+    """``count`` supervised stock vLLM servers, as `rlkit rollout-server` runs them: (addresses, procs, stop)."""
+    from rlkit.rollout.launcher import add_parser, plan, supervise
     sub = argparse.ArgumentParser().add_subparsers()
     add_parser(sub)
-    base = free_port(2)
     args = sub.choices["rollout-server"].parse_args(
-        ["--model", str(tiny_model_dir), "--servers", "2", "--cpu", "--cpu-cores", "0,1", "--port", str(base),
-         "--max-model-len", "256", "--max-restarts", "2"])
+        ["--model", str(model_dir), "--servers", str(count), "--cpu", "--cpu-cores", cores, "--port",
+         str(free_port(count)), "--max-model-len", "256", "--max-restarts", "2", *extra])
     procs = plan(args)
     for p in procs:
         p.env["PYTHONPATH"] = str(ROOT)
         p.start()
     stop = threading.Event()
     threading.Thread(target=supervise, args=(procs, True, 2, stop), daemon=True).start()
-    yield [f"127.0.0.1:{p.port}" for p in procs], procs
+    return [f"127.0.0.1:{p.port}" for p in procs], procs, stop
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_model_dir):
+    """Two supervised stock vLLM servers (one core each)."""
+    from rlkit.rollout.launcher import stop_all
+    addresses, procs, stop = launch(tiny_model_dir, 2, "0,1")
+    yield addresses, procs
     stop.set()
     stop_all(procs)
 
@@ -76,6 +82,17 @@ def _rejoin(eng, model, want: int = 2, timeout_s: float = 300) -> dict:
         time.sleep(5)
         metrics = eng.sync_weights(model)
     return metrics
+
+
+def train_steps(cfg: dict, tmp_path: Path) -> list[dict]:
+    """``rlkit train`` of ``cfg`` (output ``tmp_path/run``) in a subprocess: the metrics rows of its steps."""
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", str(tmp_path / "r.yaml")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "rollout/weight_version" in r]
 
 
 def test_generation_sync_versions_and_canary(servers, tiny_model_dir):
@@ -137,13 +154,7 @@ def test_two_server_training_run_passes_the_canary_every_step(servers, tiny_mode
     addresses, _ = servers
     cfg = recipe_dict(tiny_model_dir, arith_data, tmp_path / "run", steps=3, mini_batches=2)  # -> old_logprobs
     cfg["rollout"]["engine"] = {"name": "vllm_server", "addresses": addresses, "connect_timeout_s": 300}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", str(tmp_path / "r.yaml")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "rollout/weight_version" in r]
+    steps = train_steps(cfg, tmp_path)
     assert len(steps) == 3
     assert all(r["rollout/canary_diff"] < 1e-3 for r in steps)              # both servers verified each sync
     assert all(r["rollout/logprob_diff"] < 1e-3 for r in steps)             # server sampling logprobs == trainer's
@@ -275,15 +286,32 @@ def test_async_partial_rollout_training_run_stays_within_k(servers, tiny_model_d
     cfg = recipe_dict(tiny_model_dir, arith_data, tmp_path / "run", steps=4, mini_batches=2)
     cfg["rollout"].update(engine={"name": "vllm_server", "addresses": addresses, "connect_timeout_s": 300},
                           max_staleness=1, partial_rollouts=True, max_new_tokens=48)
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", str(tmp_path / "r.yaml")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "rollout/weight_version" in r]
+    steps = train_steps(cfg, tmp_path)
     assert [r["rollout/staleness"] for r in steps] == [0, 1, 1, 1]            # launched one version back
     assert all(0 <= r["rollout/staleness_max"] <= 1 for r in steps[1:])        # per token: admission control
     assert all(0 <= r["rollout/partial_frac"] <= 1 for r in steps[1:])
     assert all(r["rollout/canary_diff"] < 1e-3 for r in steps)
     assert (tmp_path / "run/checkpoints/step_000004").is_dir()
+
+
+def test_a_server_without_runtime_lora_gets_merged_weights_or_a_clear_refusal(servers, tiny_model_dir):
+    from rlkit.config import ModelConfig
+    from rlkit.modeling import load_causal_lm, load_tokenizer
+    addresses, _ = servers
+    mcfg = ModelConfig(name_or_path=str(tiny_model_dir), lora={"r": 8, "alpha": 16.0, "sync": "adapter"})
+    policy, tok = load_causal_lm(mcfg), load_tokenizer(mcfg)
+    with pytest.raises(ValueError, match=r"cannot load LoRA adapters at runtime: .*VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+                                         r".*rlkit rollout-server --lora-rank R"):
+        _engine(policy, tok, addresses, lora=mcfg.lora)
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if ".lora_B." in n:
+                p.fill_(0.05)
+    eng = _engine(policy, tok, addresses, lora=mcfg.lora.model_copy(update={"sync": "auto"}))
+    try:
+        assert eng.adapters is None and eng.last_sync["sync_buckets"] >= 1      # auto: merged weights
+        print("merged sync_gb:", eng.last_sync["sync_gb"])
+        probe = make_probe(tok, tok("12+3=").input_ids)
+        assert check_sync(eng, policy, probe, pad_id=tok.pad_token_id, tolerance=None, version=0)["canary_diff"] < 1e-3
+    finally:
+        eng.close()

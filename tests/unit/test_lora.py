@@ -65,8 +65,7 @@ def test_config_validation():
         _load("model.lora.sync=full")
     with pytest.raises(ConfigError, match=r"model\.lora\.dropout"):
         _load("model.lora.dropout=1.5")
-    with pytest.raises(ConfigError, match="model.lora.sync=adapter needs the colocated vLLM engine.*vllm_server"):
-        _load("model.lora.sync=adapter", "rollout.engine.name=vllm_server")
+    assert _load("model.lora.sync=adapter", "rollout.engine.name=vllm_server").model.lora.sync == "adapter"
     assert _load("model.lora.sync=auto", "rollout.engine.name=vllm_server").model.lora.sync == "auto"
 
 

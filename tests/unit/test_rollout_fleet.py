@@ -136,13 +136,13 @@ def test_answer_parser_refuses_aborted_and_logprob_less_answers():
 
 
 def test_non_loopback_servers_need_allow_remote(tiny_model_dir):
-    from rlkit.rollout.server_engine import _check_addresses
-    assert _check_addresses("127.0.0.1:8000, localhost:8001", False) == ["127.0.0.1:8000", "localhost:8001"]
+    from rlkit.rollout.http_client import check_addresses
+    assert check_addresses("127.0.0.1:8000, localhost:8001", False) == ["127.0.0.1:8000", "localhost:8001"]
     with pytest.raises(ValueError, match=r"\['10.0.0.5:8000'\] are not loopback.*no authentication.*allow_remote=true"):
-        _check_addresses(["127.0.0.1:8000", "10.0.0.5:8000"], False)
-    assert _check_addresses(["10.0.0.5:8000"], True) == ["10.0.0.5:8000"]
+        check_addresses(["127.0.0.1:8000", "10.0.0.5:8000"], False)
+    assert check_addresses(["10.0.0.5:8000"], True) == ["10.0.0.5:8000"]
     with pytest.raises(ValueError, match="addresses is empty"):
-        _check_addresses("", False)
+        check_addresses("", False)
 
 
 def test_a_router_is_asked_again_not_dropped_when_a_server_behind_it_lags(fakes):
