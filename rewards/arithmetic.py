@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from rlkit.registry import REWARDS
+from rlkit.reward_calls import completion_text
 
 SPECIAL_TOKEN_TEXT = re.compile(r"<\|[^|<>]*\|>|</s>")
 
@@ -28,10 +29,10 @@ def normalize(completion: str) -> str:
 
 
 @REWARDS.register("exact_match")
-def exact_match(completions: list[str], answer: list[Any], **kwargs: Any) -> list[dict[str, Any]]:
+def exact_match(completions: list[str] | list[list[dict]], answer: list[Any], **kwargs: Any) -> list[dict[str, Any]]:
     """1.0 if ``normalize(completion) == str(answer).strip()``, else 0.0; success = reward is 1.0."""
     results = []
-    for completion, gold in zip(completions, answer, strict=True):
+    for completion, gold in zip(map(completion_text, completions), answer, strict=True):
         r = 1.0 if normalize(completion) == str(gold).strip() else 0.0
         results.append({"reward": r, "success": r == 1.0})
     return results

@@ -17,12 +17,13 @@ import re
 from typing import Any
 
 from rlkit.registry import REWARDS
+from rlkit.reward_calls import completion_text
 
 THINK_ANSWER = r"^<think>.*?</think>\s*<answer>.*?</answer>$"
 
 
 @REWARDS.register("format")
-def format_reward(completions: list[str], pattern: str = THINK_ANSWER, **kwargs: Any) -> list[float]:
+def format_reward(completions: list[str] | list[list[dict]], pattern: str = THINK_ANSWER, **kwargs: Any) -> list[float]:
     """1.0 per completion that ``re.match`` es ``pattern`` (DOTALL), else 0.0."""
     regex = re.compile(pattern, re.DOTALL)
-    return [1.0 if regex.match(c) else 0.0 for c in completions]
+    return [1.0 if regex.match(completion_text(c)) else 0.0 for c in completions]

@@ -14,6 +14,7 @@ import re
 from math_verify import parse, verify
 
 from rlkit.registry import REWARDS
+from rlkit.reward_calls import completion_text
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -32,10 +33,10 @@ def extract_prediction(completion: str) -> str | None:
 
 
 @REWARDS.register("gsm8k")
-def gsm8k_reward(completions: list[str], answer: list[str], **kwargs) -> list[dict]:
+def gsm8k_reward(completions: list[str] | list[list[dict]], answer: list[str], **kwargs) -> list[dict]:
     """1.0 when the completion's final number equals the GSM8K reference answer."""
     out = []
-    for completion, solution in zip(completions, answer):
+    for completion, solution in zip(map(completion_text, completions), answer):
         pred = extract_prediction(completion)
         ok = pred is not None and verify(parse(f"${extract_gold(solution)}$", parsing_timeout=None),
                                          parse(f"${pred}$", parsing_timeout=None), timeout_seconds=None)

@@ -21,6 +21,7 @@ from typing import Any
 from math_verify import parse, verify
 
 from rlkit.registry import REWARDS
+from rlkit.reward_calls import completion_text
 
 DELIMITERS = ("$", "\\(", "\\[", "\\boxed")
 
@@ -43,10 +44,10 @@ def score(completion: str, gold: Any) -> float | None:
 
 
 @REWARDS.register("math_verify")
-def math_verify_reward(completions: list[str], answer: list[Any], **kwargs: Any) -> list[dict[str, Any] | None]:
+def math_verify_reward(completions: list[str] | list[list[dict]], answer: list[Any], **kwargs: Any) -> list[dict[str, Any] | None]:
     """Symbolic answer check per completion (see the module docstring)."""
     results: list[dict[str, Any] | None] = []
-    for completion, gold in zip(completions, answer, strict=True):
+    for completion, gold in zip(map(completion_text, completions), answer, strict=True):
         r = score(completion, gold)
         results.append(None if r is None else {"reward": r, "success": r == 1.0})
     return results

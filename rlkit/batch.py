@@ -33,6 +33,7 @@ class RolloutBatch:
     prompts: list[str] = field(default_factory=list)       # N prompt texts (for logs and reward fns)
     completions: list[str] = field(default_factory=list)   # N decoded completions (for logs and reward fns)
     columns: dict[str, list[Any]] = field(default_factory=dict)  # dataset columns, one value per completion
+    reward_logs: list[dict[str, Any]] = field(default_factory=list)  # N dicts: what rewards gave log_extra
     old_logprobs: torch.Tensor | None = None   # [N, T] log pi_old(token), scoring pass, no grad
     ref_logprobs: torch.Tensor | None = None   # [N, T] log pi_ref(token)
     entropy: torch.Tensor | None = None        # [N, T] old-policy entropy per position

@@ -3,9 +3,11 @@
 Two signatures are accepted, recognised from the parameter names with ``inspect.signature``:
 
 * TRL-style batch: ``fn(completions, prompts=None, **dataset_columns) -> list`` -- any function with a
-  ``completions`` parameter. It gets the keywords it names (or everything, with ``**kwargs``): ``completions``
-  and ``prompts`` (lists of N strings), ``completion_ids`` (N lists of generated token ids, as TRL passes them)
-  and each dataset column (a list of N values, e.g. ``answer``).
+  ``completions`` parameter (a function, an ``async def``, or a callable object). It gets the keywords it names
+  (or everything, with ``**kwargs``), as TRL's GRPOTrainer passes them (:mod:`rlkit.reward_calls`):
+  ``completions`` and ``prompts`` (N strings, or N message lists when the prompt column is conversational),
+  ``completion_ids`` (N lists of generated token ids), each dataset column (a list of N values, e.g.
+  ``answer``), ``trainer_state``, and the callbacks ``log_metric`` / ``log_extra``.
 * verl-style per sample: ``compute_score(data_source, solution_str, ground_truth, extra_info=None)`` -- any
   function with ``solution_str`` and ``ground_truth``. ``ground_truth`` is the ``answer_column`` value,
   ``data_source`` the ``data_source`` column (else ``default_data_source``), ``extra_info`` a dict of the
@@ -74,13 +76,16 @@ import numpy as np
 import torch
 
 from rlkit.registry import REWARDS, PluginError, closest, import_object
+from rlkit.reward_calls import CALLBACKS, RewardLog, RewardState, as_messages, is_async, is_conversational, \
+    resolve_awaitable
 from rlkit.sandbox import ProcessExecutor, SandboxCallError, SandboxLimits, SandboxTimeout
 
 logger = logging.getLogger("rlkit.rewards")
 
 BATCH, PER_SAMPLE = "batch", "per_sample"
+SHARED = frozenset({"trainer_state", *CALLBACKS})   # one value per call, not one per sample
 FILLED = frozenset({"completions", "prompts", "completion_ids", "solution_str", "ground_truth", "data_source",
-                    "extra_info"})
+                    "extra_info"}) | SHARED
 MAX_CONSECUTIVE_TIMEOUTS = 3
 EXECUTORS = ("auto", "process", "thread")
 PROCESS_WORKERS = 2
@@ -119,6 +124,7 @@ class RewardFunction:
     options: dict[str, Any] = field(default_factory=dict)   # the bound kwargs (sent to a worker process)
     worker_ref: str | None = None  # reference a fresh process resolves to this same function; None = not importable
     executor: str = "thread"       # where calls run: "process", "thread" or "inline" (set by RewardManager)
+    is_async: bool = False         # ``async def`` (or an async ``__call__``): awaited in the calling thread
 
     @property
     def var_kw(self) -> bool:
@@ -142,6 +148,7 @@ class RewardResult:
     components: torch.Tensor     # [N, K] float, raw (unweighted) value per function; NaN = None
     metrics: dict[str, float]
     names: list[str]             # [K] function names, then external names: the columns of ``components``
+    logged: dict[str, list] = field(default_factory=dict)   # log_extra columns, N values each
 
 
 def check_signature(fn: Callable[..., Any]) -> str:
@@ -189,7 +196,8 @@ def load_reward(spec: RewardSpec) -> RewardFunction:
         raise PluginError(f"reward '{spec.name}': weight must be a finite number, got {spec.weight!r}")
     return RewardFunction(name=_display_name(spec.name, fn), fn=functools.partial(fn, **spec.kwargs),
                           style=style, weight=float(spec.weight), params=params, bound=frozenset(spec.kwargs),
-                          options=dict(spec.kwargs), worker_ref=worker_ref(spec.name, fn))
+                          options=dict(spec.kwargs), worker_ref=None if is_async(fn) else worker_ref(spec.name, fn),
+                          is_async=is_async(fn))
 
 
 def _absolute(ref: str) -> str:
@@ -220,7 +228,7 @@ def _missing_columns(rf: RewardFunction, columns: Iterable[str], answer_column: 
     have = set(columns)
     if rf.style == PER_SAMPLE:
         return [] if answer_column in have else [answer_column]
-    return [n for n in rf.required() if n not in have | {"completions", "prompts", "completion_ids"}]
+    return [n for n in rf.required() if n not in have | {"completions", "prompts", "completion_ids"} | SHARED]
 
 
 def validate(specs: list[RewardSpec], columns: Iterable[str] | None = None,
@@ -245,12 +253,12 @@ class _TimedOut(Exception):
 def _call(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: float | None, name: str) -> Any:
     """``fn(**kwargs)`` in a daemon thread joined for ``timeout_s`` (inline when None)."""
     if timeout_s is None:
-        return fn(**kwargs)
+        return resolve_awaitable(fn(**kwargs))
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["value"] = fn(**kwargs)
+            box["value"] = resolve_awaitable(fn(**kwargs))
         except BaseException as exc:  # noqa: BLE001  (handed to the caller)
             box["error"] = exc if isinstance(exc, Exception) else RuntimeError(f"reward raised {exc!r}")
 
@@ -309,6 +317,8 @@ class _Outcome:
         self.extras: dict[str, list[float]] = {}
         self.failure_value = failure_value
         self.first_error: tuple[int, str, str] | None = None   # (sample, summary, traceback)
+        self.batch_retries = 0              # batch calls that failed and were retried one sample at a time
+        self.log = RewardLog()              # what the function logged (log_metric / log_extra)
 
     def record(self, i: int, result: Any) -> None:
         try:
@@ -328,6 +338,32 @@ class _Outcome:
             self.first_error = (i, str(exc), exc.remote_traceback or str(exc))
         elif self.first_error is None:
             self.first_error = (i, f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))
+
+
+def _concurrently(calls: list[Callable[[], _Outcome]], flags: list[bool]) -> list[_Outcome]:
+    """Run ``calls`` in order, those flagged (async reward functions) side by side in threads when there are
+    several; an exception of any is raised here."""
+    results: dict[int, Any] = {}
+    together = [i for i, f in enumerate(flags) if f] if sum(flags) > 1 else []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller)
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in together]
+    for t in threads:
+        t.start()
+    for i in range(len(calls)):
+        if i not in together:
+            run(i)
+    for t in threads:
+        t.join()
+    for i in range(len(calls)):
+        if isinstance(results[i], BaseException):
+            raise results[i]
+    return [results[i] for i in range(len(calls))]
 
 
 def _as_list(rf: RewardFunction, results: Any, n: int) -> list[Any]:
@@ -362,13 +398,22 @@ def _run_each(rf: RewardFunction, n: int, kwargs_at: Callable[[int], dict[str, A
         out.record(i, unpack(result))
 
 
-def _score_batch(rf: RewardFunction, kwargs: dict[str, list], n: int, invoke: Invoke, out: _Outcome) -> None:
-    """One call for the whole batch; if it raises or times out, retry one sample at a time."""
+_WARNED_RETRY: set[str] = set()
+
+
+def _score_batch(rf: RewardFunction, kwargs: dict[str, list], shared: dict[str, Any], n: int, invoke: Invoke,
+                 out: _Outcome) -> None:
+    """One call for the whole batch (``kwargs``: N values each; ``shared``: one value per call); if it raises or
+    times out, retry one sample at a time (counted, warned about once per function)."""
     try:
-        results = invoke(kwargs)
+        results = invoke({**kwargs, **shared})
     except Exception as exc:  # noqa: BLE001  (retried per sample below)
-        logger.debug("reward '%s' failed on the batch (%r); retrying per sample", rf.name, exc)
-        _run_each(rf, n, lambda i: {k: [v[i]] for k, v in kwargs.items()},
+        out.batch_retries += 1
+        if rf.name not in _WARNED_RETRY:
+            _WARNED_RETRY.add(rf.name)
+            logger.warning("reward '%s' raised on a batch of %d (%s: %s); retrying it one sample at a time (slower; "
+                           "counted in reward/batch_retries, warned once)", rf.name, n, type(exc).__name__, exc)
+        _run_each(rf, n, lambda i: {**{k: [v[i]] for k, v in kwargs.items()}, **shared},
                   lambda r: _as_list(rf, r, 1)[0], invoke, out)
         return
     for i, result in enumerate(_as_list(rf, results, n)):
@@ -415,6 +460,8 @@ class RewardManager:
         """Choose where ``rf`` runs (module docstring, "Timeouts and executors") and log it once."""
         if self.timeout_s is None:
             rf.executor = "inline"
+        elif rf.is_async:                # awaited in a thread's own event loop (reward_calls.resolve_awaitable)
+            rf.executor = "thread"
         elif choice == "process":
             rf.worker_ref = rf.worker_ref or _absolute(spec_name)   # resolved by name in the worker, whatever it is
             rf.executor = "process"
@@ -449,8 +496,16 @@ class RewardManager:
                 self._pool = ProcessExecutor(limits, workers=PROCESS_WORKERS, name="rewards")
                 weakref.finalize(self, self._pool.request_close)   # dropped without close(): workers stop
             pool = self._pool
+        callbacks = [c for c in CALLBACKS if c in kwargs]
         try:
-            return pool.call(rf.worker_ref, {**rf.options, **kwargs})
+            if not callbacks:
+                return pool.call(rf.worker_ref, {**rf.options, **kwargs})
+            log = kwargs[callbacks[0]].__self__          # the RewardLog the callbacks belong to
+            plain = {k: v for k, v in kwargs.items() if k not in callbacks}
+            result, logged = pool.call(("rlkit.reward_calls:call_logged", rf.worker_ref),
+                                       {"kwargs": {**rf.options, **plain}, "callbacks": callbacks})
+            log.merge(logged)
+            return result
         except SandboxTimeout as exc:
             raise _TimedOut(f"reward '{rf.name}' did not return within timeout_s={self.timeout_s}; its worker "
                             f"process was killed") from exc
@@ -467,10 +522,14 @@ class RewardManager:
 
     def score(self, prompts: list[str], completions: list[str], columns: dict[str, list],
               completion_ids: list[list[int]] | None = None,
-              external: dict[str, list[float | None]] | None = None) -> RewardResult:
+              external: dict[str, list[float | None]] | None = None, *, raw_prompts: list | None = None,
+              messages: list[list[dict]] | None = None, state: RewardState | None = None) -> RewardResult:
         """Score N completions; ``columns`` maps each dataset column to its N values; ``completion_ids`` are the
         generated token ids (for length-based rewards such as ``overlong_penalty``); ``external`` holds one list
-        of N values (float or None) per name in ``external_names``, combined like weight-1.0 functions."""
+        of N values (float or None) per name in ``external_names``, combined like weight-1.0 functions.
+        ``raw_prompts`` (the prompt column as stored) decide TRL's conversational form; ``messages`` are the
+        completions as messages (multi-turn episodes; default: one assistant message each); ``state`` is what
+        ``trainer_state`` receives."""
         t0 = time.perf_counter()
         n = len(completions)
         bad = {k: len(v) for k, v in {"prompts": prompts, **columns}.items() if len(v) != n}
@@ -478,7 +537,15 @@ class RewardManager:
             raise ValueError(f"reward inputs disagree in length: {n} completions but {bad}")
         self.check_columns(columns)
         extra = self._external_outcomes(external, n)
-        outcomes = [self._score_function(rf, prompts, completions, columns, completion_ids) for rf in self.functions]
+        conv = raw_prompts is not None and n > 0 and is_conversational(raw_prompts[0])
+        batch_inputs = {**columns, "prompts": list(raw_prompts if conv else prompts),
+                        "completions": (messages or [as_messages(t) for t in completions]) if conv else
+                        list(completions)}
+        if completion_ids is not None:
+            batch_inputs["completion_ids"] = [list(ids) for ids in completion_ids]
+        outcomes = _concurrently([functools.partial(self._score_function, rf, batch_inputs, completions, columns,
+                                                    state or RewardState()) for rf in self.functions],
+                                 [rf.is_async for rf in self.functions])
         result = self._combine(outcomes + extra, n)
         result.metrics["time_s"] = time.perf_counter() - t0
         return result
@@ -505,18 +572,17 @@ class RewardManager:
             outcomes.append(out)
         return outcomes
 
-    def _score_function(self, rf: RewardFunction, prompts: list[str], completions: list[str],
-                        columns: dict[str, list], completion_ids: list[list[int]] | None = None) -> _Outcome:
+    def _score_function(self, rf: RewardFunction, batch_inputs: dict[str, list], completions: list[str],
+                        columns: dict[str, list], state: RewardState) -> _Outcome:
         n = len(completions)
         out = _Outcome(n, self.failure_value)
         invoke = functools.partial(self._invoke, rf)
         if rf.style == BATCH:
-            data = {**columns, "prompts": list(prompts), "completions": list(completions)}
-            if completion_ids is not None:
-                data["completion_ids"] = [list(ids) for ids in completion_ids]
-            elif "completion_ids" in rf.required():
+            if "completion_ids" not in batch_inputs and "completion_ids" in rf.required():
                 raise RewardFailure(f"reward '{rf.name}' needs completion_ids, which this caller does not provide")
-            _score_batch(rf, {k: list(v) for k, v in data.items() if rf.accepts(k)}, n, invoke, out)
+            shared = {"trainer_state": state, **out.log.callbacks(set(CALLBACKS))}
+            _score_batch(rf, {k: list(v) for k, v in batch_inputs.items() if rf.accepts(k)},
+                         {k: v for k, v in shared.items() if rf.accepts(k)}, n, invoke, out)
         else:
             _run_each(rf, n, lambda i: self._sample_kwargs(rf, i, completions, columns), lambda r: r, invoke, out)
         self._report(rf, out, n)
@@ -558,8 +624,9 @@ class RewardManager:
         every = torch.where(reported, succ, torch.ones_like(succ)).amin(dim=1)                     # [N] AND
         success = torch.where(reported.any(dim=1), every, torch.full_like(rewards, math.nan))      # [N]
         metrics = self._metrics(outcomes, comps, rewards)
+        logged = {col: vals for o in outcomes for col, vals in o.log.extras.items() if len(vals) == n}
         return RewardResult(rewards=rewards, success=success, components=comps, metrics=metrics,
-                            names=self.names)
+                            names=self.names, logged=logged)
 
     def _metrics(self, outcomes: list[_Outcome], comps: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -568,12 +635,16 @@ class RewardManager:
             if (~torch.isnan(col)).any():
                 metrics[f"{name}/mean"] = float(col.nanmean())
             metrics[f"{name}/failures"] = float(sum(out.failed))
+            metrics[f"{name}/batch_retries"] = float(out.batch_retries)
+            for key, values in out.log.metrics.items():                  # log_metric: the step's mean
+                metrics[f"{name}/{key}"] = float(np.mean(values))
             metrics[f"{name}/timeouts"] = float(sum(out.timed_out))
             metrics[f"{name}/unscorable"] = float(torch.isnan(col).sum())
             for key, values in out.extras.items():
                 if not all(math.isnan(v) for v in values):
                     metrics[f"{name}/{key}"] = float(np.nanmean(values))
         metrics["failures"] = float(sum(sum(o.failed) for o in outcomes))
+        metrics["batch_retries"] = float(sum(o.batch_retries for o in outcomes))
         metrics["timeouts"] = float(sum(sum(o.timed_out) for o in outcomes))
         metrics["unscorable"] = float(torch.isnan(rewards).sum())
         return metrics

@@ -19,6 +19,7 @@ from rlkit.config import RecipeConfig, dump_config
 from rlkit.dist import check_launch, mean_over_processes
 from rlkit.evaluation import evaluate
 from rlkit.forward import resolve_packing, score_batch
+from rlkit.reward_calls import RewardState
 from rlkit.rollout.canary import check_sync
 from rlkit.rollout.partial import PartialPrefetcher
 from rlkit.rollout.prefetch import RolloutPrefetcher
@@ -62,8 +63,9 @@ def rollout_phase(s: Session, step: int, position: int) -> tuple[RolloutBatch, d
     draw = s.plugins.sampler.prompts_needed(cfg.train.prompts_per_step // acc.num_processes)
     first = position + acc.process_index * draw
     prompts = s.train_prompts.batch(first, draw)
+    state = RewardState(global_step=step, max_steps=cfg.train.steps, epoch=position / max(len(s.train_prompts), 1))
     ctx = RolloutContext(s.engine, s.plugins.sampler, s.rewards, s.tokenizer, s.sampling, cfg.rollout.n,
-                         cfg.train.seed, runner=s.runner)
+                         cfg.train.seed, runner=s.runner, state=state)
     batch, metrics = collect_rollouts(ctx, prompts, list(range(first, first + draw)), step,
                                       s.tokenizer.pad_token_id)
     return batch, metrics | rollout_metrics(batch)
@@ -162,8 +164,10 @@ def sync_engine(s: Session, version: int) -> dict[str, float]:
 def _sample_rows(batch: RolloutBatch, k: int = 4) -> list[dict]:
     adv = batch.advantages[:, 0] if batch.advantages is not None else torch.zeros(len(batch))
     shown = [e.transcript() for e in batch.episodes] if batch.episodes else batch.completions
+    logs = batch.reward_logs or [{}] * len(batch)            # rewards' log_extra columns
     return [{"prompt": batch.prompts[i], "completion": shown[i], "reward": float(batch.raw_rewards[i]),
-             "success": float(batch.success[i]), "advantage": float(adv[i])} for i in range(min(k, len(batch)))]
+             "success": float(batch.success[i]), "advantage": float(adv[i]), **logs[i]}
+            for i in range(min(k, len(batch)))]
 
 
 def _trainer_state(s: Session, step: int, position: int) -> dict:

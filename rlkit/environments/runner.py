@@ -52,11 +52,16 @@ class EpisodeRecord:
     segments: list[tuple[bool, int]]  # runs of (is_model_token, count) after the prompt
     env_reward: float | None = None
 
+    @property
+    def completion_messages(self) -> list[dict[str, Any]]:
+        """Every message after the opening ones (the model's turns and what was inserted between them)."""
+        first = next((i for i, m in enumerate(self.messages) if m["role"] == "assistant"), len(self.messages))
+        return self.messages[first:]
+
     def transcript(self) -> str:
         """The episode after its opening messages, one line per turn, inserted messages marked ``[tool name]``."""
-        first = next((i for i, m in enumerate(self.messages) if m["role"] == "assistant"), len(self.messages))
         lines = []
-        for m in self.messages[first:]:
+        for m in self.completion_messages:
             tag = "[model]" if m["role"] == "assistant" else f"[{m['role']} {m.get('name', '')}]".replace(" ]", "]")
             lines.append(f"{tag} {m.get('content', '')}")
         return "\n".join(lines) + ("" if self.finish == STOP else f"\n[{self.finish}]")

@@ -13,6 +13,7 @@ from rlkit.data import stack_columns
 from rlkit.environments.canary import check_drift, enforce
 from rlkit.environments.runner import EpisodeMetrics, EpisodeRunner
 from rlkit.ops import right_pad
+from rlkit.reward_calls import RewardState
 from rlkit.rollout import FINISH_LENGTH, Completion, RolloutEngine, SamplingParams, completion_seed
 from rlkit.samplers import RolloutPool, Sampler
 
@@ -28,12 +29,15 @@ class RolloutContext:
     seed: int
     max_rounds: int = 64       # safety net against a sampler that never stops
     runner: EpisodeRunner | None = None   # multi-turn environments; None = single-turn completions
+    state: RewardState | None = None      # training progress, for rewards that read ``trainer_state``
 
 
 def generate_and_score(ctx_engine: RolloutEngine, runner: EpisodeRunner | None, rewards, tokenizer,
                        prompts: list, seeds: list[int], params: SamplingParams,
-                       episode_metrics: EpisodeMetrics | None = None):
-    """Completions (or episodes) for ``prompts`` [one per seed] and their RewardResult; also used by evaluation."""
+                       episode_metrics: EpisodeMetrics | None = None, state: RewardState | None = None):
+    """Completions (or episodes) for ``prompts`` [one per seed] and their RewardResult; also used by evaluation.
+    ``state`` is what rewards get as ``trainer_state``."""
+    messages = None
     if runner is None:
         completions = ctx_engine.generate([p.prompt_ids for p in prompts], seeds, params)
         texts = tokenizer.batch_decode([c.token_ids for c in completions], skip_special_tokens=True)
@@ -42,12 +46,14 @@ def generate_and_score(ctx_engine: RolloutEngine, runner: EpisodeRunner | None, 
         completions = runner.run(ctx_engine, prompts, seeds, params, episode_metrics)
         texts = [c.episode.answer for c in completions]
         prompt_texts = [c.episode.prompt_text for c in completions]
+        messages = [c.episode.completion_messages for c in completions]
         name = runner.env.reward_name
         external = {name: [c.episode.env_reward for c in completions]} if name else None
     t1 = time.perf_counter()
     ids = [[t for t, m in zip(c.token_ids, c.model_mask or [True] * len(c.token_ids)) if m] for c in completions]
     result = rewards.score(prompt_texts, texts, stack_columns(prompts), completion_ids=ids,
-                           **({"external": external} if external else {}))
+                           **({"external": external} if external else {}),
+                           raw_prompts=[p.raw_prompt for p in prompts], messages=messages, state=state)
     return completions, texts, result, time.perf_counter() - t1
 
 
@@ -64,7 +70,7 @@ def _run_round(ctx: RolloutContext, pool: RolloutPool, counts: list[int], group_
     t0 = time.perf_counter()
     prompts = [pool.prompts[p] for p in req_prompt]
     completions, texts, result, reward_s = generate_and_score(ctx.engine, ctx.runner, ctx.rewards, ctx.tokenizer,
-                                                              prompts, req_seeds, ctx.params, episodes)
+                                                              prompts, req_seeds, ctx.params, episodes, ctx.state)
     timing["generate"] += time.perf_counter() - t0 - reward_s
     timing["reward"] += reward_s
     round_no = max(pool.round_index, default=-1) + 1
@@ -75,6 +81,7 @@ def _run_round(ctx: RolloutContext, pool: RolloutPool, counts: list[int], group_
     pool.success += result.success.tolist()
     pool.components += result.components.tolist()
     pool.completion_texts += texts
+    pool.reward_logs += [{k: v[i] for k, v in result.logged.items()} for i in range(len(texts))]
     for k, v in result.metrics.items():  # counts add up over rounds; means are weighted by rows
         weight = len(req_prompt) if k.endswith("/mean") else 1
         reward_stats[k] = reward_stats.get(k, 0.0) + v * weight
@@ -168,6 +175,7 @@ def build_batch(pool: RolloutPool, rows: list[int], group_ids: list[int], pad_id
         prompts=[c.episode.prompt_text if c.episode is not None else p.prompt for c, p in zip(comps, prompts)],
         completions=[pool.completion_texts[r] for r in rows],
         columns=stack_columns(prompts),
+        reward_logs=[pool.reward_logs[r] for r in rows] if pool.reward_logs else [],
     )
 
 

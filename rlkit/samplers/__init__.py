@@ -22,7 +22,7 @@ Protocol for one step (the trainer calls these in order, never testing the sampl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -42,6 +42,7 @@ class RolloutPool:
     success: list[float] = field(default_factory=list)        # [R] 1/0, NaN = no success signal
     components: list[list[float]] = field(default_factory=list)  # [R, K]
     completion_texts: list[str] = field(default_factory=list)  # [R]
+    reward_logs: list[dict[str, Any]] = field(default_factory=list)  # [R] reward functions' log_extra values
 
     def counts(self) -> torch.Tensor:
         """[P] long, rows generated so far per prompt."""

@@ -82,10 +82,12 @@ def resolve(ref: str) -> Callable[..., Any]:
 def call_error(exc: BaseException, skip_files: tuple[str, ...] = ()) -> SandboxCallError:
     """A picklable SandboxCallError describing ``exc`` (its class need not be picklable).
 
-    Leading traceback frames from ``skip_files`` (the sandbox's own code) are left out; the message is one line
+    Leading traceback frames from ``skip_files`` (the sandbox's own code) and from modules that set
+    ``__sandbox_wrapper__ = True`` (call wrappers such as ``rlkit.reward_calls``) are left out; the message is one line
     of at most MAX_MESSAGE_CHARS, the traceback text at most MAX_TRACEBACK_CHARS (its end is kept)."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename in skip_files:
+    while tb is not None and (tb.tb_frame.f_code.co_filename in skip_files
+                              or tb.tb_frame.f_globals.get("__sandbox_wrapper__")):
         tb = tb.tb_next
     message = " ".join(str(exc).split("\n")).strip()
     summary = f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -75,7 +75,9 @@ class ProcessExecutor:
 
     def submit(self, fn: str | Callable[..., Any], kwargs: dict[str, Any] | None = None, *,
                timeout_s: float | None = None) -> Future:
-        """Queue ``fn(**kwargs)``; the future holds its result or raises a SandboxError subclass."""
+        """Queue ``fn(**kwargs)``; the future holds its result or raises a SandboxError subclass. ``fn`` is a
+        reference string, a picklable function, or a pair of references ``(wrapper, function)``, called as
+        ``wrapper(function, **kwargs)``; references are resolved (imported) before the call's time starts."""
         timeout_s = self.limits.timeout_s if timeout_s is None else float(timeout_s)
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
+import functools
 import inspect
 import os
 import pickle
@@ -168,7 +169,10 @@ def handle(conn: Connection, frame: bytes, cache: dict[str, Callable[..., Any]],
     try:
         call_bytes, workdir, cpu_seconds = pickle.loads(frame)
         fn, kwargs = pickle.loads(call_bytes)
-        if isinstance(fn, str):
+        if isinstance(fn, tuple):                # (wrapper ref, function ref): wrapper(function, **kwargs)
+            wrapper, inner = (cache[r] if r in cache else cache.setdefault(r, resolve(r)) for r in fn)
+            fn = functools.partial(wrapper, inner)
+        elif isinstance(fn, str):
             fn = cache[fn] if fn in cache else cache.setdefault(fn, resolve(fn))
     except BaseException as exc:  # noqa: BLE001  (reported to the parent)
         err = call_error(exc, SKIP)

@@ -151,8 +151,12 @@ def test_raising_sample_isolated_counted_logged_once(spec, caplog):
         second = manager.score(["p"] * 2, ["b", "a"], {})
     assert first.rewards.tolist() == [1.0, -1.0, 1.0] and second.rewards.tolist() == [-1.0, 1.0]
     assert first.metrics["failures"] == 1.0 and first.metrics["boom_on_b/failures"] == 1.0
-    warnings = [r for r in caplog.records if r.name == "rlkit.rewards" and r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "ZeroDivisionError: bad sample" in warnings[0].getMessage()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "rlkit.rewards" and r.levelno == logging.WARNING]
+    failures = [w for w in warnings if "failed on sample" in w]
+    retries = [w for w in warnings if "one sample at a time" in w]
+    assert len(failures) == 1 and "ZeroDivisionError: bad sample" in failures[0]     # the failure: logged once
+    assert len(retries) == 1 and len(warnings) == 2                                   # the retries: warned once
+    assert first.metrics["batch_retries"] == 1.0 and second.metrics["boom_on_b/batch_retries"] == 1.0
 
 
 def test_non_numeric_value_is_a_sample_failure(spec):
