@@ -32,8 +32,13 @@ def _cmd_train(args) -> int:
 def _cmd_validate(args) -> int:
     from rlkit.config import load_config
     from rlkit.session import check_recipe
-    for recipe in args.recipes:
-        cfg = load_config(recipe, args.set or [])
+    recipes = [a for a in args.recipes if "=" not in a]
+    overrides = [a for a in args.recipes if "=" in a] + (args.set or [])   # as `train` takes them
+    if not recipes:
+        raise SystemExit(f"rlkit validate: no recipe among {args.recipes}; give RECIPE [RECIPE ...] "
+                         "[dotted.key=value ...]")
+    for recipe in recipes:
+        cfg = load_config(recipe, overrides)
         plugins, _ = check_recipe(cfg, check_files=not args.no_files)
         names = ", ".join(f"{k}={v.plugin_name}" for k, v in plugins.all().items())
         print(f"OK {recipe}: {names}")
@@ -174,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.steps=20")
     t.set_defaults(fn=_cmd_train)
     v = sub.add_parser("validate", help="build every plug-in of one or more recipes without loading a model")
-    v.add_argument("recipes", nargs="+")
+    v.add_argument("recipes", nargs="+", metavar="RECIPE_OR_OVERRIDE",
+                   help="recipe paths, then dotted.key=value overrides applied to each (as for train)")
     v.add_argument("--set", action="append", help="override applied to every recipe (repeatable)")
     v.add_argument("--no-files", action="store_true", help="skip checks that model/data paths exist")
     v.set_defaults(fn=_cmd_validate)

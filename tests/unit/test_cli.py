@@ -52,3 +52,11 @@ def test_list(capsys):
 def test_train_missing_recipe(capsys, tmp_path):
     assert main(["train", str(tmp_path / "none.yaml")]) == 2
     assert "recipe not found" in capsys.readouterr().err
+
+
+def test_validate_takes_dotted_overrides_like_train(tmp_path, capsys):
+    good = _write(tmp_path, RECIPE)
+    assert main(["validate", good, "advantage.name=grpo", "--no-files"]) == 0      # applied, not read as a path
+    assert "advantage=grpo" in capsys.readouterr().out
+    assert main(["validate", good, "advantage.scael=none", "--no-files"]) == 2
+    assert "scael" in capsys.readouterr().err
