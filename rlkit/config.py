@@ -76,8 +76,12 @@ class ModelConfig(Strict):
 class DataConfig(Strict):
     train: str = Field(description="local .jsonl/.json/.parquet/.csv file or directory, or a hub dataset name")
     train_split: str = Field("train", description="split name for hub datasets")
+    train_config: str | None = Field(None, description="hub dataset configuration (subset), e.g. 'main' for "
+                                     "openai/gsm8k; null = the dataset's only/default one")
     eval: str | None = Field(None, description="held-out prompts (same formats); used by train.eval_*")
     eval_split: str = Field("test", description="split name for hub datasets")
+    eval_config: str | None = Field(None, description="configuration of the eval dataset; null = train_config "
+                                    "when eval is the same dataset as train, else its default")
     prompt_column: str = Field("prompt", description="column holding the prompt text or chat messages")
     answer_column: str = Field("answer", description="column passed to verl-style rewards as ground_truth")
     chat_template: Literal["auto"] | bool = Field("auto", description="auto = apply when the tokenizer has one")

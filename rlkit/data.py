@@ -80,30 +80,37 @@ def _load_local(path: Path, split: str):
     return datasets.load_dataset(formats.pop(), data_files=[str(p) for p in files], split="train")
 
 
-def _load_hub(name: str, split: str):
+def _load_hub(name: str, split: str, config: str | None = None):
     import datasets
 
     try:
-        return datasets.load_dataset(name, split=split)
+        return datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # noqa: BLE001  (re-raised with what to check)
-        raise RuntimeError(f"could not load dataset '{name}' (split '{split}') from the Hugging Face Hub: "
-                           f"{exc}. If it is meant to be a local path, it does not exist; "
+        which = f"configuration '{config}', " if config else ""
+        hint = "" if config else (" A dataset with several configurations (openai/gsm8k: main or socratic) needs "
+                                  "one: set data.train_config / data.eval_config.")
+        raise RuntimeError(f"could not load dataset '{name}' ({which}split '{split}') from the Hugging Face Hub: "
+                           f"{exc}.{hint} If it is meant to be a local path, it does not exist; "
                            f"{MAKE_DATA_HINT}") from exc
 
 
 def load_prompt_dataset(source: str | Path, *, split: str = "train", prompt_column: str = "prompt",
-                        columns: list[str] | None = None):
+                        columns: list[str] | None = None, config: str | None = None):
     """Load ``source`` (local file/folder or hub name) as a ``datasets.Dataset`` and check its columns.
 
     A file is read whole (``split`` ignored). A folder is searched recursively for ``.json/.jsonl/.parquet/
     .csv`` files named after the split (``train.jsonl``, ``train-00000-of-00002.parquet`` ...); a folder whose
     files carry no split name is the ``train`` split. Anything not local-looking (see ``is_local_source``)
-    is loaded with ``datasets.load_dataset(source, split=split)``. ``columns``: keep only these besides the
+    is loaded with ``datasets.load_dataset(source, config, split=split)`` (``config``: the hub dataset's
+    configuration, e.g. ``main`` of ``openai/gsm8k``; refused for local data). ``columns``: keep only these besides the
     prompt column (all kept when None).
     """
     source = str(source)
     local = is_local_source(source)
-    ds = _load_local(Path(source).expanduser(), split) if local else _load_hub(source, split)
+    if local and config is not None:
+        raise ValueError(f"dataset configuration '{config}' given for the local dataset '{source}': configurations "
+                         "are a hub dataset's subsets; remove data.train_config / data.eval_config")
+    ds = _load_local(Path(source).expanduser(), split) if local else _load_hub(source, split, config)
     present = list(ds.column_names)
     wanted = [prompt_column] + [c for c in (columns or []) if c != prompt_column]
     missing = [c for c in wanted if c not in present]

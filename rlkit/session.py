@@ -107,8 +107,8 @@ def check_recipe(cfg: RecipeConfig, *, check_files: bool = True) -> tuple[Plugin
 
 
 def prompt_source(cfg: RecipeConfig, tokenizer, rewards: RewardManager, source: str, split: str,
-                   shuffle: bool) -> PromptSource:
-    dataset = load_prompt_dataset(source, split=split, prompt_column=cfg.data.prompt_column)
+                   shuffle: bool, config: str | None = None) -> PromptSource:
+    dataset = load_prompt_dataset(source, split=split, prompt_column=cfg.data.prompt_column, config=config)
     rewards.check_columns(c for c in dataset.column_names if c != cfg.data.prompt_column)
     return PromptSource(dataset, tokenizer, prompt_column=cfg.data.prompt_column, chat_template=cfg.data.chat_template,
                         max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.train.seed, shuffle=shuffle)
@@ -134,10 +134,12 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
     if cfg.train.epochs > 1 or cfg.train.mini_batches > 1:
         needs.add("old_logprobs")  # the policy moves between optimizer steps of one batch
     tokenizer = load_tokenizer(cfg.model)
-    train_prompts = prompt_source(cfg, tokenizer, rewards, cfg.data.train, cfg.data.train_split, cfg.data.shuffle)
+    d = cfg.data
+    train_prompts = prompt_source(cfg, tokenizer, rewards, d.train, d.train_split, d.shuffle, d.train_config)
     eval_prompts = None
     if cfg.data.eval:
-        src = prompt_source(cfg, tokenizer, rewards, cfg.data.eval, cfg.data.eval_split, shuffle=False)
+        src = prompt_source(cfg, tokenizer, rewards, d.eval, d.eval_split, shuffle=False,
+                            config=d.eval_config or (d.train_config if d.eval == d.train else None))
         eval_prompts = [src.item(i) for i in range(min(len(src), cfg.eval.max_prompts))]
     model = load_causal_lm(cfg.model)
     ref_model = None   # LoRA: the reference is the policy with its adapter disabled (set below), no second model

@@ -108,3 +108,31 @@ def test_max_prompt_tokens_filters(task_dir, plain_tok, caplog):
     assert f"dropped {len(ds) - len(short)} of {len(ds)}" in caplog.text
     with pytest.raises(KeyError, match="filtered out"):
         src.item(next(i for i in range(len(ds)) if i not in short))
+
+
+def test_hub_configuration_is_passed_to_load_dataset_and_refused_for_local_data(monkeypatch, tmp_path):
+    import datasets
+
+    from rlkit.data import load_prompt_dataset
+    calls = []
+
+    def fake_load(name, config=None, split=None, **kw):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_dict({"prompt": ["1+1="], "answer": ["2"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    load_prompt_dataset("openai/gsm8k", split="test", config="main")
+    assert calls == [("openai/gsm8k", "main", "test")]
+    local = tmp_path / "p.jsonl"
+    local.write_text('{"prompt": "x"}\n')
+    with pytest.raises(ValueError, match="configuration 'main' given for the local dataset"):
+        load_prompt_dataset(str(local), config="main")
+
+
+def test_every_gsm8k_recipe_names_its_hub_configuration():
+    from pathlib import Path
+
+    import yaml
+    recipes = sorted(Path(__file__).resolve().parents[2].glob("recipes/*.yaml"))
+    gsm8k = [yaml.safe_load(p.read_text())["data"] for p in recipes if "openai/gsm8k" in p.read_text()]
+    assert gsm8k and all(d["train"] != "openai/gsm8k" or d.get("train_config") == "main" for d in gsm8k)
