@@ -258,16 +258,35 @@ class RecipeConfig(Strict):
 # ----------------------------------------------------------------------------------------------- loading
 
 
+def _is_plugin_section(keys: list[str]) -> bool:
+    """Whether the dotted path ``keys`` (list indices included) names a plug-in section (a :class:`PluginSpec`)."""
+    model: Any = RecipeConfig
+    for key in keys:
+        if key.isdigit() and getattr(model, "__origin__", None) is list:
+            model = model.__args__[0]
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or key not in fields:
+            return False
+        model = fields[key].annotation
+    return model is PluginSpec or getattr(model, "__origin__", None) is list and model.__args__[0] is PluginSpec
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node: Any = tree
     for i, key in enumerate(keys[:-1]):
         if isinstance(node, list):
-            node = node[_list_index(node, key, keys[: i + 1])]
+            index = _list_index(node, key, keys[: i + 1])
+            if isinstance(node[index], str) and _is_plugin_section(keys[: i + 1]):
+                node[index] = {"name": node[index]}      # `losses: [ppo_clip]`, opened up
+            node = node[index]
             continue
         nxt = node.get(key)
         if nxt is None:
             nxt = node[key] = {}
+        elif isinstance(nxt, str) and _is_plugin_section(keys[: i + 1]):
+            nxt = node[key] = {"name": nxt}        # the shorthand `aggregation: token_mean`, opened up
         node = nxt
     last = keys[-1]
     if isinstance(node, list):
@@ -350,7 +369,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     pairs = parse_overrides(overrides or [])
     for section, default in PLUGIN_DEFAULTS.items():  # so `advantage.scale=none` keeps the default name
         if any(k == section or k.startswith(section + ".") for k, _ in pairs) and section not in tree:
-            tree[section] = default() if callable(default) else default
+            tree[section] = default() if callable(default) else copy.deepcopy(default)   # not shared
     if any(k.startswith("rollout.engine.") for k, _ in pairs):
         rollout = tree.setdefault("rollout", {})
         if isinstance(rollout.get("engine"), str):

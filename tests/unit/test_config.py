@@ -61,3 +61,12 @@ def test_plugin_options_checked_at_build():
 def test_eval_needs_eval_data():
     with pytest.raises(ConfigError, match="data.eval"):
         load_config(None, ["train.eval_at_start=true"], base=BASE)
+
+
+def test_override_into_a_shorthand_plugin_section_opens_it():
+    base = {**BASE, "aggregation": "token_mean", "losses": ["ppo_clip"]}
+    cfg = load_config(None, ["aggregation.name=seq_mean_token_sum_norm", "losses.0.eps_high=0.28"], base=base)
+    assert cfg.aggregation.name == "seq_mean_token_sum_norm" and cfg.losses[0].kwargs == {"eps_high": 0.28}
+    assert load_config(None, ["aggregation.extra=1"], base=base).aggregation.kwargs == {"extra": 1}
+    with pytest.raises(ConfigError, match="'model.name_or_path' is a value, not a section"):
+        load_config(None, ["model.name_or_path.x=1"], base=base)   # not a plug-in section: still refused
