@@ -83,6 +83,10 @@ class DataConfig(Strict):
     eval_config: str | None = Field(None, description="configuration of the eval dataset; null = train_config "
                                     "when eval is the same dataset as train, else its default")
     prompt_column: str = Field("prompt", description="column holding the prompt text or chat messages")
+    prompt_template: str | None = Field(None, description="build the prompt from the columns before the chat "
+                                        "template, e.g. '{question}\\nPut the final answer after ####.' (str.format)")
+    system_prompt: str | None = Field(None, description="a system message opening every prompt (makes prompts "
+                                      "chat messages)")
     answer_column: str = Field("answer", description="column passed to verl-style rewards as ground_truth")
     chat_template: Literal["auto"] | bool = Field("auto", description="auto = apply when the tokenizer has one")
     max_prompt_tokens: int | None = Field(None, gt=0, description="drop prompts longer than this")

@@ -14,6 +14,7 @@ the exact same prompt order, with no iterator state to save.
 from __future__ import annotations
 
 import logging
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,13 +113,40 @@ def load_prompt_dataset(source: str | Path, *, split: str = "train", prompt_colu
                          "are a hub dataset's subsets; remove data.train_config / data.eval_config")
     ds = _load_local(Path(source).expanduser(), split) if local else _load_hub(source, split, config)
     present = list(ds.column_names)
-    wanted = [prompt_column] + [c for c in (columns or []) if c != prompt_column]
+    wanted = ([prompt_column] if prompt_column else []) + [c for c in (columns or []) if c != prompt_column]
     missing = [c for c in wanted if c not in present]
     if missing:
         raise ValueError(f"dataset '{source}' has no column {', '.join(repr(c) for c in missing)}; columns "
                          f"present: {', '.join(present)}. Set the prompt/column names in the recipe's data "
                          f"section")
     return ds.select_columns(wanted) if columns is not None else ds
+
+
+def format_prompts(dataset, prompt_column: str, template: str | None = None, system_prompt: str | None = None):
+    """The prompt column built before the chat template: ``template`` (a ``str.format`` string over the columns,
+    e.g. ``"{question}\nPut the final answer after ####."``) replaces it, and ``system_prompt`` makes every prompt
+    chat messages that open with that system message (prepended to conversational prompts that have none)."""
+    if template is None and system_prompt is None:
+        return dataset
+    fields = {f for _, f, _, _ in string.Formatter().parse(template or "") if f}
+    missing = sorted(f for f in fields if f.split(".")[0].split("[")[0] not in dataset.column_names)
+    if missing:
+        raise ValueError(f"data.prompt_template names column(s) {missing} that the dataset lacks (columns: "
+                         f"{', '.join(dataset.column_names)}); write {{column}} with a column of the data")
+    if template is None and prompt_column not in dataset.column_names:
+        raise ValueError(f"dataset has no prompt column '{prompt_column}' (columns: {', '.join(dataset.column_names)});"
+                         " set data.prompt_column, or data.prompt_template to build prompts from the columns")
+
+    def build(row: dict) -> dict:
+        prompt = template.format(**row) if template is not None else row[prompt_column]
+        if system_prompt is not None:
+            if isinstance(prompt, str):
+                prompt = [{"role": "user", "content": prompt}]
+            if not prompt or prompt[0].get("role") != "system":
+                prompt = [{"role": "system", "content": system_prompt}] + list(prompt)
+        return {prompt_column: prompt}
+
+    return dataset.map(build, remove_columns=[prompt_column] if prompt_column in dataset.column_names else None)
 
 
 class PromptSource:

@@ -21,7 +21,7 @@ from rlkit.critic import build_critic
 from rlkit.dist import gather_lists
 from rlkit.environments.render import ChatRenderer
 from rlkit.environments.runner import EpisodeRunner
-from rlkit.data import PromptSource, is_local_source, load_prompt_dataset
+from rlkit.data import PromptSource, format_prompts, is_local_source, load_prompt_dataset
 from rlkit.grad_probe import sequence_grad_norms
 from rlkit.lora import AdapterDisabledReference
 from rlkit.modeling import check_model_source, load_causal_lm, load_tokenizer
@@ -108,7 +108,10 @@ def check_recipe(cfg: RecipeConfig, *, check_files: bool = True) -> tuple[Plugin
 
 def prompt_source(cfg: RecipeConfig, tokenizer, rewards: RewardManager, source: str, split: str,
                    shuffle: bool, config: str | None = None) -> PromptSource:
-    dataset = load_prompt_dataset(source, split=split, prompt_column=cfg.data.prompt_column, config=config)
+    d = cfg.data
+    dataset = load_prompt_dataset(source, split=split, config=config,
+                                  prompt_column=None if d.prompt_template else d.prompt_column)
+    dataset = format_prompts(dataset, d.prompt_column, d.prompt_template, d.system_prompt)
     rewards.check_columns(c for c in dataset.column_names if c != cfg.data.prompt_column)
     return PromptSource(dataset, tokenizer, prompt_column=cfg.data.prompt_column, chat_template=cfg.data.chat_template,
                         max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.train.seed, shuffle=shuffle)

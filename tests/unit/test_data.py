@@ -136,3 +136,20 @@ def test_every_gsm8k_recipe_names_its_hub_configuration():
     recipes = sorted(Path(__file__).resolve().parents[2].glob("recipes/*.yaml"))
     gsm8k = [yaml.safe_load(p.read_text())["data"] for p in recipes if "openai/gsm8k" in p.read_text()]
     assert gsm8k and all(d["train"] != "openai/gsm8k" or d.get("train_config") == "main" for d in gsm8k)
+
+
+def test_prompt_template_and_system_prompt_build_the_prompt_before_the_chat_template():
+    import datasets
+
+    from rlkit.data import format_prompts
+    raw = datasets.Dataset.from_dict({"question": ["1+1?", "2+3?"], "answer": ["2", "5"]})   # hub GSM8K's shape
+    out = format_prompts(raw, "prompt", "{question}\nPut the final answer after ####.")
+    assert out["prompt"] == ["1+1?\nPut the final answer after ####.", "2+3?\nPut the final answer after ####."]
+    assert out["answer"] == ["2", "5"]                                          # other columns kept
+    chat = format_prompts(raw, "prompt", "{question}", system_prompt="Be brief.")
+    assert chat["prompt"][0] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"}]
+    convo = datasets.Dataset.from_dict({"prompt": [[{"role": "user", "content": "hi"}]]})
+    assert format_prompts(convo, "prompt", system_prompt="S")["prompt"][0][0] == {"role": "system", "content": "S"}
+    assert format_prompts(raw, "prompt") is raw                                 # nothing asked: unchanged
+    with pytest.raises(ValueError, match=r"names column\(s\) \['problem'\] that the dataset lacks"):
+        format_prompts(raw, "prompt", "{problem}")
