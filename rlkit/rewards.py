@@ -9,9 +9,10 @@ Two signatures are accepted, recognised from the parameter names with ``inspect.
   ``completion_ids`` (N lists of generated token ids), each dataset column (a list of N values, e.g.
   ``answer``), ``trainer_state``, and the callbacks ``log_metric`` / ``log_extra``.
 * verl-style per sample: ``compute_score(data_source, solution_str, ground_truth, extra_info=None)`` -- any
-  function with ``solution_str`` and ``ground_truth``. ``ground_truth`` is the ``answer_column`` value,
-  ``data_source`` the ``data_source`` column (else ``default_data_source``), ``extra_info`` a dict of the
-  other columns; only the names it declares are passed.
+  function with ``solution_str`` and ``ground_truth``. ``ground_truth`` is the ``answer_column`` value (or,
+  in verl's parquet layout, ``reward_model["ground_truth"]``), ``data_source`` the ``data_source`` column (else
+  ``default_data_source``), ``extra_info`` a dict of the other columns updated with the row's own
+  ``extra_info`` column when it has one (verl's layout); only the names it declares are passed.
 
 A result is a number, ``None`` (this sample cannot be scored) or a dict ``{"reward": x, "success": bool}``
 (``"score"`` is read as ``"reward"``, verl's spelling; other numeric keys become metrics ``<fn>/<key>``).
@@ -227,7 +228,7 @@ def worker_ref(name: str, fn: Any) -> str | None:
 def _missing_columns(rf: RewardFunction, columns: Iterable[str], answer_column: str) -> list[str]:
     have = set(columns)
     if rf.style == PER_SAMPLE:
-        return [] if answer_column in have else [answer_column]
+        return [] if answer_column in have or "reward_model" in have else [answer_column]
     return [n for n in rf.required() if n not in have | {"completions", "prompts", "completion_ids"} | SHARED]
 
 
@@ -244,6 +245,13 @@ def validate(specs: list[RewardSpec], columns: Iterable[str] | None = None,
             raise RewardFailure(f"reward '{rf.name}' needs dataset column(s) {', '.join(missing)}, which the "
                                 f"dataset lacks (columns: {', '.join(sorted(columns))})")
     return loaded
+
+
+def _ground_truth(columns: dict[str, list], answer_column: str, i: int) -> Any:
+    """The answer column, else verl's ``reward_model["ground_truth"]`` (its preprocessed parquet layout)."""
+    if answer_column in columns:
+        return columns[answer_column][i]
+    return (columns["reward_model"][i] or {}).get("ground_truth")
 
 
 class _TimedOut(Exception):
@@ -590,10 +598,13 @@ class RewardManager:
 
     def _sample_kwargs(self, rf: RewardFunction, i: int, completions: list[str],
                        columns: dict[str, list]) -> dict[str, Any]:
-        skip = (self.answer_column, "data_source")
-        data = {"solution_str": completions[i], "ground_truth": columns[self.answer_column][i],
+        skip = (self.answer_column, "data_source", "reward_model", "extra_info")
+        extra = {k: v[i] for k, v in columns.items() if k not in skip}
+        if "extra_info" in columns and isinstance(columns["extra_info"][i], Mapping):   # verl's own extra_info
+            extra.update(columns["extra_info"][i])
+        data = {"solution_str": completions[i], "ground_truth": _ground_truth(columns, self.answer_column, i),
                 "data_source": columns["data_source"][i] if "data_source" in columns else self.default_data_source,
-                "extra_info": {k: v[i] for k, v in columns.items() if k not in skip}}
+                "extra_info": extra}
         return {k: v for k, v in data.items() if rf.accepts(k)}
 
     def _report(self, rf: RewardFunction, out: _Outcome, n: int) -> None:

@@ -142,6 +142,10 @@ def test_verl_style_per_sample(spec):
     assert result.rewards.tolist() == [1.0, 0.0] and result.metrics["compute_score/acc"] == 0.5
     with pytest.raises(RewardFailure, match="column\\(s\\) answer"):
         manager.score(["p"], ["3"], {"data_source": ["arith"]})
+    # verl's preprocessed parquet layout, unchanged: reward_model.ground_truth and its own extra_info column
+    verl = {"data_source": ["arith", "arith"], "reward_model": [{"style": "rule", "ground_truth": "3"}] * 2,
+            "extra_info": [{"difficulty": 2}] * 2}
+    assert manager.score(["1+2="] * 2, ["3", "4"], verl).rewards.tolist() == [1.0, 0.0]
 
 
 def test_raising_sample_isolated_counted_logged_once(spec, caplog):
