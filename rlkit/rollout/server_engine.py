@@ -88,6 +88,7 @@ class VLLMServerEngine(RolloutEngine):
         self.fleet.connect_all(connect_timeout_s)
         if self.router is not None:
             self.router.connect_all(connect_timeout_s)
+        self.adapters = None                         # set before the check, which may close the engine
         self.adapters = self._adapters(model, lora, adapter_dir)
         self.last_sync: dict[str, float] = {}
         self.last_sync = self.sync_weights(model, bump=False)
@@ -99,7 +100,6 @@ class VLLMServerEngine(RolloutEngine):
         from rlkit.rollout.server_lora import ServerAdapters, explain
         if lora is None or not use_adapter_sync(lora):
             return None
-        self.adapters = None
         adapters = ServerAdapters(lora, self.run_id, adapter_dir if self.rank == 0 else None)
         if self.rank == 0:
             adapters.save(model, 0)                  # version 0, loaded by the first sync: here it is the probe

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rlkit.lora import _unwrap, use_adapter_sync
+from rlkit.lora import _unwrap
 from rlkit.rollout.http_client import ServerClient, ServerError
 
 log = logging.getLogger("rlkit.server_lora")
@@ -39,9 +39,7 @@ class ServerAdapters:
     """The adapter side of a LoRA policy's sync to stock vLLM servers (rank 0 saves and loads; every rank names)."""
 
     def __init__(self, lora, run_id: str, adapter_dir: str | None):
-        self.required = lora.sync == "adapter"
-        if not use_adapter_sync(lora):        # sync=merged, or auto with modules vLLM LoRA does not serve
-            raise ValueError("ServerAdapters needs model.lora.sync adapter or auto")
+        self.required = lora.sync == "adapter"    # the caller has resolved sync with use_adapter_sync
         self.name = f"rlkit-{run_id}"
         self.dir = Path(tempfile.mkdtemp(prefix="rlkit-lora-")) if adapter_dir is None else Path(adapter_dir) / run_id
         self.dir.mkdir(parents=True, exist_ok=True)
