@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlkit.forward import token_logprobs
 from rlkit.rollout import FINISH_LENGTH, SamplingParams, completion_seed
-from rlkit.rollout.hf import HFEngine, filter_logits, gumbel_noise
+from rlkit.rollout.hf import HFEngine
+from rlkit.rollout.seeded_sampling import filter_logits, gumbel_noise
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +90,8 @@ def test_greedy_and_finish_reasons(engine):
 
 
 def test_sharded_policy_generates_in_lock_step(tiny_model_dir, monkeypatch):
-    """FSDP2/ZeRO-3 parameters make generate run with synced_gpus (ranks would otherwise deadlock when one rank's
-    completions end first); a plain policy does not pay for it."""
+    """FSDP2/ZeRO-3 parameters make generation run through generate with synced_gpus (ranks would otherwise
+    deadlock when one rank's completions end first); a plain policy decodes with the compacting loop instead."""
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     engine = HFEngine(model, AutoTokenizer.from_pretrained(tiny_model_dir), batch_size=4)
     seen, generate = [], model.generate
@@ -102,6 +103,53 @@ def test_sharded_policy_generates_in_lock_step(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(model, "generate", spy)
     params = SamplingParams(temperature=1.0, max_new_tokens=3)
     engine.generate([[5, 6, 7]], [1], params)
+    assert seen == []
     monkeypatch.setattr("rlkit.rollout.hf.is_sharded", lambda m: m is model)
     engine.generate([[5, 6, 7]], [1], params)
-    assert seen == [False, True]
+    assert seen == [True]
+
+
+def _long_tailed_engine(tiny_model_dir, stops: int = 60):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model.generation_config.eos_token_id = [tok.eos_token_id] + [i for i in range(len(tok))
+                                                                 if i not in tok.all_special_ids][:stops]
+    return HFEngine(model, tok, batch_size=16)
+
+
+def test_compacting_decode_samples_what_generate_samples(tiny_model_dir, monkeypatch):
+    # many stop tokens: rows end at different steps and leave the batch; every row still gets exactly the tokens
+    # and log-probs of transformers' generate with the same seeded sampler (which keeps finished rows)
+    engine = _long_tailed_engine(tiny_model_dir)
+    tok = engine.tokenizer
+    prompts = [tok(f"{a}+{b}=").input_ids for a in range(3, 40, 5) for b in (1, 22)]          # 16, two widths
+    seeds = list(range(100, 116))
+    params = SamplingParams(max_new_tokens=12, temperature=0.9, top_p=0.95)
+    compact = engine.generate(prompts, seeds, params)
+    monkeypatch.setattr("rlkit.rollout.hf.is_sharded", lambda m: True)
+    monkeypatch.setattr(engine.model, "generate", lambda *a, **k: type(engine.model).generate(
+        engine.model, *a, **{**k, "synced_gpus": False}))
+    reference = engine.generate(prompts, seeds, params)
+    lengths = [len(c.token_ids) for c in compact]
+    assert min(lengths) < max(lengths)                       # the case exercises compaction
+    for a, b in zip(compact, reference):
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_finished_rows_leave_the_batch(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr("rlkit.rollout.hf_decode.COMPACT_SHARE", 0.0)   # every finished row leaves at once
+    engine = _long_tailed_engine(tiny_model_dir)
+    model, rows = engine.model, []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    prompts = [engine.tokenizer(f"{a}+7=").input_ids for a in range(10, 26)]
+    comps = engine.generate(prompts, list(range(16)), SamplingParams(max_new_tokens=12, temperature=1.0))
+    lengths = sorted(len(c.token_ids) for c in comps)
+    # forward t (t >= 1) runs the rows that have sampled t tokens without stopping: rows with length > t
+    assert rows == [16] + [sum(n > t for n in lengths) for t in range(1, max(lengths))]
