@@ -144,10 +144,12 @@ class TrainConfig(Strict):
     epochs: int = Field(1, ge=1, description="PPO epochs over each rollout batch")
     mini_batches: int = Field(1, ge=1, description="optimizer steps per epoch (the batch is split in this many)")
     micro_batch_size: int = Field(8, ge=1, description="completions per forward/backward per process")
-    max_tokens_per_micro: int | None = Field(
-        None, gt=0, description="token budget per micro-batch (prompt + response tokens per process), replacing "
-        "micro_batch_size in the update and the scoring passes; a sequence longer than the budget goes alone "
-        "(warned once). null = fixed micro-batches of micro_batch_size rows. The loss is unchanged (global plan)")
+    max_tokens_per_micro: Literal["auto"] | int | None = Field(
+        "auto", description="token budget per micro-batch (prompt + response tokens per process) in the update "
+        "and the scoring passes. auto = micro_batch_size x the longest sequence of the rows being split: never more "
+        "tokens than the fixed micro-batches' widest (the same peak memory), but many short rows share a "
+        "micro-batch when lengths are long-tailed. An int = that budget (a longer sequence goes alone, warned "
+        "once); null = fixed micro-batches of micro_batch_size consecutive rows. The loss is unchanged (global plan)")
     pack_sequences: Literal["auto"] | bool = Field(
         "auto", description="with max_tokens_per_micro: true = each micro-batch is one padding-free row (position "
         "ids restart per sequence, block-diagonal attention; transformers >= 4.56), false = right-padded rows "
@@ -183,6 +185,14 @@ class TrainConfig(Strict):
     mask_truncated: bool = Field(False, description="completions cut at rollout.max_new_tokens leave the loss "
                                                     "(TRL mask_truncated_completions; DAPO overlong filtering)")
 
+    @field_validator("max_tokens_per_micro")
+    @classmethod
+    def _token_budget(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"train.max_tokens_per_micro must be 'auto', a token budget >= 1, or null for fixed "
+                             f"micro-batches of micro_batch_size rows; got {v}")
+        return v
+
     @field_validator("logprob_chunk_tokens")
     @classmethod
     def _chunk_tokens(cls, v: Any) -> Any:
@@ -217,6 +227,9 @@ class EvalConfig(Strict):
 class LoggingConfig(Strict):
     tensorboard: bool = True
     wandb: dict[str, Any] | None = Field(None, description="kwargs for wandb.init (project, name, ...); null = off")
+    trackio: dict[str, Any] | None = Field(
+        None, description="kwargs for trackio.init (project, name, space_id, ...; project defaults to 'rlkit', "
+        "name to the run directory's name); {} = on with the defaults, null = off. pip install 'rlkit[trackio]'")
 
 
 class RecipeConfig(Strict):

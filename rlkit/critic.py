@@ -79,7 +79,7 @@ class Critic:
         return values * rows.response_mask.to(device)
 
     def score(self, policy: nn.Module, batch: RolloutBatch, *, pad_id: int, micro_batch_size: int,
-              autocast, max_tokens_per_micro: int | None = None) -> torch.Tensor:
+              autocast, max_tokens_per_micro: object = None) -> torch.Tensor:
         """No-grad values of the whole batch (the scoring pass): [N, T] on CPU. With ``max_tokens_per_micro`` the
         micro-batches are right-padded rows grouped by a token budget (rows x longest <= budget)."""
         models = [self.module] + ([policy] if self.shared else [])

@@ -44,6 +44,7 @@ from rlkit.fused_logprob import check_fusable, linear_logprobs
 log = logging.getLogger("rlkit")
 
 ChunkTokens = Literal["auto"] | int | None   # positions per LM-head chunk; "auto" = 2**26 // V; 0 / None = full logits
+TokenBudget = Literal["auto"] | int | None   # tokens per micro-batch; "auto" = micro_batch_size x longest; None = rows
 _logged: set[str] = set()
 
 
@@ -176,23 +177,27 @@ def resolve_packing(setting: Literal["auto"] | bool, model) -> bool:
     return any(kind in impl for kind in PACKING_ATTENTION)
 
 
-def micro_batch_groups(batch: RolloutBatch, micro_batch_size: int, max_tokens_per_micro: int | None = None,
+def micro_batch_groups(batch: RolloutBatch, micro_batch_size: int, max_tokens_per_micro: TokenBudget = None,
                        packed: bool = True) -> list[torch.Tensor]:
     """Row indices of each micro-batch: consecutive ``micro_batch_size`` rows, or, with ``max_tokens_per_micro``,
-    groups of at most that many model tokens (:func:`rlkit.ops.token_budget_groups`; a longer row goes alone)."""
+    groups of at most that many model tokens (:func:`rlkit.ops.token_budget_groups`; a longer row goes alone).
+    ``"auto"``: a budget of ``micro_batch_size`` x the longest row here, the widest fixed micro-batch's size."""
     n = len(batch)
     if max_tokens_per_micro is None:
         return [torch.arange(lo, min(lo + micro_batch_size, n)) for lo in range(0, n, micro_batch_size)]
     lengths = ops.sequence_lengths(batch.prompt_ids, batch.response_mask)                 # [n]
-    if n and int(lengths.max()) > max_tokens_per_micro:
+    longest = int(lengths.max()) if n else 1
+    if max_tokens_per_micro == "auto":
+        max_tokens_per_micro = micro_batch_size * longest
+    elif longest > max_tokens_per_micro:
         _log_once("train.max_tokens_per_micro=%d is below the longest sequence (%d tokens); such rows form a "
-                  "micro-batch of their own", max_tokens_per_micro, int(lengths.max()), level=logging.WARNING)
+                  "micro-batch of their own", max_tokens_per_micro, longest, level=logging.WARNING)
     return ops.token_budget_groups(lengths, max_tokens_per_micro, packed=packed)
 
 
 @torch.no_grad()
 def over_micro_batches(models: list, batch: RolloutBatch, micro_batch_size: int, autocast, fn, *,
-                       max_tokens_per_micro: int | None = None, packed: bool = True):
+                       max_tokens_per_micro: TokenBudget = None, packed: bool = True):
     """``fn(rows)`` per micro-batch (:func:`micro_batch_groups`), without grad and with ``models`` in eval mode.
 
     ``fn`` returns a tensor [n, ...] or a tuple of such tensors / None; the result has the same structure with
@@ -221,7 +226,7 @@ def over_micro_batches(models: list, batch: RolloutBatch, micro_batch_size: int,
 
 def score_batch(model, batch: RolloutBatch, *, pad_id: int, micro_batch_size: int, temperature: float,
                 with_entropy: bool, autocast, chunk_tokens: ChunkTokens = "auto",
-                max_tokens_per_micro: int | None = None,
+                max_tokens_per_micro: TokenBudget = None,
                 pack_sequences: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """No-grad log-probs [N, T] (and entropy [N, T]) of ``model`` over the whole batch, micro-batch by micro-batch."""
     packed = max_tokens_per_micro is not None and pack_sequences

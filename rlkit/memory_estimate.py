@@ -12,7 +12,8 @@ optimizer      AdamW: 2 * T * b_w (torch keeps the moments in the parameter dtyp
                mixed precision keeps an fp32 master copy and fp32 moments: 12 * T   (sharded like gradients)
 reference      P * b_w on every device (loaded unsharded); 0 with LoRA (the adapter is disabled instead)
 critic         a second backbone (weights + grads + AdamW) unless ``critic.shared_backbone``
-activations    one micro-batch of t = micro_batch_size * S tokens (or ``train.max_tokens_per_micro``):
+activations    one micro-batch of t = micro_batch_size * S tokens (also for ``train.max_tokens_per_micro: auto``;
+               an int budget: that many):
                t * L * (8 H + 4 I) * b_a without gradient checkpointing (inputs saved by attention and MLP
                per layer, memory-efficient attention), t * L * H * b_a + one layer's worth with it;
                logits: t * V * 12 bytes on the full-logits path (fp32 logits, log-softmax and its gradient),
@@ -152,8 +153,8 @@ def estimate_memory(cfg: RecipeConfig, shape: ModelShape, *, world: int = 1, sha
             add("critic", 0 if offload else C * b_w / shard_params + C * (b_w + opt_per_param) / shard_state,
                 "separate backbone + head: weights, grads, AdamW")
     S = (prompt_tokens or cfg.data.max_prompt_tokens or DEFAULT_PROMPT_TOKENS) + cfg.rollout.max_new_tokens
-    budget = t.max_tokens_per_micro
-    tokens = budget or t.micro_batch_size * S
+    budget = t.max_tokens_per_micro                                  # "auto" = micro_batch_size x the longest row
+    tokens = budget if isinstance(budget, int) else t.micro_batch_size * S
     L, H, I, V = shape.layers, shape.hidden, shape.intermediate, shape.vocab
     if m.gradient_checkpointing:
         act = tokens * L * H * b_a + tokens * (8 * H + 4 * I) * b_a

@@ -11,9 +11,11 @@ accumulation and world size. Mini-batch membership is a seeded permutation of *g
 same completions form mini-batch j whatever the world size. Rows without any trained token (dropped by a
 selection plug-in, or empty) are planned with the others but skip the forward/backward: they add exactly 0.
 
-Micro-batches are ``micro_batch_size`` consecutive rows, or with ``train.max_tokens_per_micro`` groups of rows
-of at most that many tokens (first-fit decreasing, packed into one padding-free row; or, with
-``train.pack_sequences`` off, right-padded rows sorted by length). Since row i's contribution
+Micro-batches are groups of rows of at most ``train.max_tokens_per_micro`` tokens (by default ``auto``:
+``micro_batch_size`` x the mini-batch's longest row, so never wider than a fixed micro-batch), or with
+``max_tokens_per_micro: null`` ``micro_batch_size`` consecutive rows. Token-budget groups are packed first-fit
+decreasing into one padding-free row each, or, with ``train.pack_sequences`` off (the default for sdpa/eager
+attention), right-padded rows sorted by length. Since row i's contribution
 ``coef_i * sum_t w*loss / Z`` does not depend on which rows share its micro-batch, the grouping changes only
 float rounding, never the loss. Every process runs the same number of backward calls (the maximum over
 processes; a process with fewer groups adds zero-weight ones), so DDP's collectives line up.
@@ -58,7 +60,7 @@ class UpdateContext:
     critic: object = None      # rlkit.critic.Critic when a plug-in needs values
     nan_steps: int = 0
     logprob_chunk_tokens: object = "auto"   # train.logprob_chunk_tokens: "auto" | int | 0/None (full logits)
-    max_tokens_per_micro: int | None = None  # train.max_tokens_per_micro: token budget instead of micro_batch_size
+    max_tokens_per_micro: object = None  # train.max_tokens_per_micro: "auto" | int budget | None = micro_batch_size rows
     pack_sequences: bool = True              # resolved train.pack_sequences: one padding-free row per micro-batch
 
 

@@ -32,9 +32,10 @@ def _launch(recipe, procs: int, timeout: int = 600) -> None:
     assert f"training on {procs} process(es) ({kind}" in proc.stdout + proc.stderr, proc.stderr[-3000:]
 
 
-# packed token-budget micro-batches: the processes form different numbers of micro-batches (the one with fewer adds
-# zero-weight backward calls) and the chunked LM head runs inside DDP's forward; the result must not change
-@pytest.mark.parametrize("micro", [{}, {"max_tokens_per_micro": 30, "pack_sequences": True}], ids=["fixed", "packed"])
+# token-budget micro-batches (the default auto budget, padded; and packed): the processes form different numbers of
+# micro-batches (the one with fewer adds zero-weight backward calls) and the chunked LM head runs inside DDP's
+# forward; the result must not change
+@pytest.mark.parametrize("micro", [{}, {"max_tokens_per_micro": 30, "pack_sequences": True}], ids=["auto", "packed"])
 def test_two_processes_match_one(tiny_model_dir, arith_data, tmp_path, micro):
     runs = {}
     for procs in (1, 2):

@@ -59,8 +59,10 @@ INVARIANCE = ["train.adam_eps=1e-4"]
 
 
 def test_micro_batch_size_does_not_change_the_update(tiny_model_dir, arith_data, tmp_path):
-    _train(tiny_model_dir, arith_data, tmp_path / "a", INVARIANCE + ["train.micro_batch_size=16"], steps=1)
-    _train(tiny_model_dir, arith_data, tmp_path / "b", INVARIANCE + ["train.micro_batch_size=3"], steps=1)
+    _train(tiny_model_dir, arith_data, tmp_path / "a", INVARIANCE + ["train.micro_batch_size=16",
+                                                                     "train.max_tokens_per_micro=null"], steps=1)
+    _train(tiny_model_dir, arith_data, tmp_path / "b", INVARIANCE + ["train.micro_batch_size=3",
+                                                                     "train.max_tokens_per_micro=null"], steps=1)
     a, b = _params(tmp_path / "a" / "final"), _params(tmp_path / "b" / "final")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
@@ -68,24 +70,29 @@ def test_micro_batch_size_does_not_change_the_update(tiny_model_dir, arith_data,
 
 def test_token_budget_micro_batches_do_not_change_the_update(tiny_model_dir, arith_data, tmp_path):
     # fixed micro-batches of 3 rows with full logits vs packed (padding-free) micro-batches of <= 40 tokens with the
-    # chunked LM head, and vs the padded token-budget fallback: the same parameters after one update
+    # chunked LM head, vs the padded token-budget fallback, and vs the default (auto: 3 x the longest row, padded
+    # on sdpa): the same parameters after one update
     _train(tiny_model_dir, arith_data, tmp_path / "a", INVARIANCE + ["train.micro_batch_size=3",
+                                                                     "train.max_tokens_per_micro=null",
                                                                      "train.logprob_chunk_tokens=0"], steps=1)
     _train(tiny_model_dir, arith_data, tmp_path / "b", INVARIANCE + ["train.max_tokens_per_micro=40",
                                                                      "train.pack_sequences=true",
                                                                      "train.logprob_chunk_tokens=5"], steps=1)
     _train(tiny_model_dir, arith_data, tmp_path / "c", INVARIANCE + ["train.max_tokens_per_micro=40",
                                                                      "train.pack_sequences=false"], steps=1)
-    a, b, c = (_params(tmp_path / d / "final") for d in "abc")
+    _train(tiny_model_dir, arith_data, tmp_path / "d", INVARIANCE + ["train.micro_batch_size=3"], steps=1)
+    a, b, c, d = (_params(tmp_path / d / "final") for d in "abcd")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
         assert torch.allclose(a[k], c[k], atol=1e-5), k
+        assert torch.allclose(a[k], d[k], atol=1e-5), k
 
 
 def test_token_budget_with_critic_does_not_change_the_update(tiny_model_dir, arith_data, tmp_path):
     # PPO-GAE: the critic's scoring pass and value loss use the same token-budget micro-batches (reordered rows)
     ppo = INVARIANCE + ["advantage={name: gae}", "losses=[{name: ppo_clip}, {name: value}]", "critic={lr: 1.0e-3}"]
-    _train(tiny_model_dir, arith_data, tmp_path / "a", ppo + ["train.micro_batch_size=3"], steps=2)
+    _train(tiny_model_dir, arith_data, tmp_path / "a", ppo + ["train.micro_batch_size=3",
+                                                              "train.max_tokens_per_micro=null"], steps=2)
     _train(tiny_model_dir, arith_data, tmp_path / "b", ppo + ["train.max_tokens_per_micro=40",
                                                               "train.pack_sequences=true"], steps=2)
     for name in ("model.safetensors", "critic.safetensors"):

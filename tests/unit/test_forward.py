@@ -190,6 +190,26 @@ def _batch(n=9, seed=0):
                         reward_components=zeros[:, None])
 
 
+def test_auto_token_budget_is_the_default_and_never_wider_than_fixed_micro_batches():
+    from rlkit.config import TrainConfig
+    assert TrainConfig().max_tokens_per_micro == "auto"
+    # prompts of 2 tokens; response lengths 10, 1, 1, 1, 1, 1, 1, 1 -> model lengths 12, 3 x 7
+    mask = torch.zeros(8, 10, dtype=torch.bool)
+    mask[0] = True
+    mask[1:, 0] = True
+    batch = RolloutBatch(prompt_ids=[[5, 6]] * 8, response_ids=torch.ones(8, 10, dtype=torch.long),
+                         response_mask=mask, rollout_logprobs=torch.zeros(8, 10), truncated=torch.zeros(8).bool(),
+                         group_ids=torch.zeros(8, dtype=torch.long), rewards=torch.zeros(8), success=torch.zeros(8),
+                         reward_components=torch.zeros(8, 1))
+    # fixed rows of 2: 4 micro-batches, the first 2 x 12 = 24 tokens wide. auto = 2 x 12 = 24 tokens: padded, the
+    # long row goes with one short one (2 x 12 = 24) and the six short rows share one (6 x 3 = 18 <= 24)
+    assert [g.tolist() for g in micro_batch_groups(batch, 2, None)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert [g.tolist() for g in micro_batch_groups(batch, 2, "auto", packed=False)] == [[0, 1], [2, 3, 4, 5, 6, 7]]
+    # packed (one padding-free row of <= 24 tokens): 12 + 3 x 4 = 24, then the last three short rows (9)
+    assert [g.tolist() for g in micro_batch_groups(batch, 2, "auto", packed=True)] == [[0, 1, 2, 3, 4],
+                                                                                        [5, 6, 7]]
+
+
 def test_score_batch_token_budget_keeps_row_order(model, caplog, monkeypatch):
     import contextlib
 
