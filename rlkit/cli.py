@@ -7,10 +7,11 @@ Runs as ``rlkit train RECIPE [dotted.key=value ...]`` or under ``accelerate laun
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
+
+from rlkit.run_logging import configure_console
 
 _EXPECTED = (ValueError, FileNotFoundError, OSError, ImportError, RuntimeError)
 
@@ -261,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(fn=_cmd_export)
     from rlkit.rollout.launcher import add_parser as add_rollout_server
     add_rollout_server(sub)
+    for command in sub.choices.values():
+        command.add_argument("-v", "--verbose", action="store_true",
+                             help="show every library's log records and progress bars on the console (by default "
+                             "only rlkit's messages and warnings; everything is in the run's run.log)")
     return p
 
 
@@ -269,8 +274,8 @@ def _sigterm_as_interrupt(signum, frame):  # schedulers (SLURM, k8s) stop jobs w
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=os.environ.get("RLKIT_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    configure_console(args.verbose)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         code = args.fn(args)

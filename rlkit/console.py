@@ -60,8 +60,9 @@ def samples_table(rows: Sequence[Mapping[str, Any]], *, title: str = "samples", 
 
 
 def format_eval_table(results: Mapping[str, Any], title: str = "evaluation") -> Table:
-    """A two-column table (metric, value) of evaluation results, in the given order."""
-    table = Table(title=escape(title))
+    """A two-column table (metric, value) of evaluation results, in the given order (at least as wide as its
+    title, which would otherwise wrap over several lines)."""
+    table = Table(title=escape(title), min_width=len(title) + 4)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in results.items():

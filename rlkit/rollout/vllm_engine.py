@@ -44,6 +44,7 @@ from rlkit.registry import ENGINES
 from rlkit.rollout import FINISH_LENGTH, FINISH_STOP, Completion, RolloutEngine, SamplingParams
 from rlkit.lora import AdapterSync, use_adapter_sync, vllm_max_lora_rank
 from rlkit.rollout.weights import iter_sync_buckets
+from rlkit.run_logging import is_verbose
 
 log = logging.getLogger("rlkit.vllm")
 
@@ -205,6 +206,7 @@ def llm_kwargs(path: str, *, dtype: str, seed: int, max_model_len: int | None, e
     kwargs: dict[str, Any] = {"model": path, "tokenizer": path, "dtype": dtype, "seed": seed,
                               "logprobs_mode": "processed_logprobs",
                               "enforce_eager": (not cuda) if enforce_eager is None else enforce_eager, **extra}
+    kwargs.setdefault("use_tqdm_on_load", is_verbose())      # the weight-loading bar only with rlkit -v
     if max_model_len:
         kwargs["max_model_len"] = max_model_len
     if cuda:
