@@ -1,4 +1,4 @@
-"""Run output files: metrics.jsonl, samples.jsonl, TensorBoard, optional Weights & Biases (console: rlkit.console).
+"""Run output files: metrics.jsonl, samples.jsonl, TensorBoard, optional wandb / trackio (console: rlkit.console).
 
 Everything a run writes for humans lives in its run directory::
 
@@ -7,6 +7,13 @@ Everything a run writes for humans lives in its run directory::
       samples.jsonl     one JSON object per logged sample: {"step", **row} (prompt, completion, reward, ...)
       tensorboard/      TensorBoard event files (scalars only)
       plots/            PNG curves written by ``rlkit plot`` (see ``rlkit.plot``)
+      run.log           every log record of the run (``rlkit.run_logging``)
+
+Hosted trackers (optional packages, imported only when their section is set): ``logging.wandb`` (keyword
+arguments of ``wandb.init``, ``dir`` defaulting to the run directory) and ``logging.trackio`` (keyword arguments of
+``trackio.init``, the wandb-compatible local tracker; ``project`` defaults to "rlkit" and ``name`` to the run
+directory's name; its database lives in ``$TRACKIO_DIR``, default ``$HF_HOME/trackio``; view it with
+``trackio show``). Both receive the numeric metrics of every ``log`` call.
 
 File format. Every line is strict JSON (RFC 8259), so ``json.loads``, ``jq`` and pandas all read it.
 Non-finite numbers (NaN, +inf, -inf) have no JSON spelling: they are written as ``null`` and
@@ -25,6 +32,7 @@ becomes a no-op.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import numbers
@@ -210,26 +218,35 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _import_wandb() -> Any:
+#: tracker -> (pip install command, defaults for its init call given the run directory)
+TRACKERS: dict[str, tuple[str, Any]] = {
+    "wandb": ("pip install wandb (or pip install 'rlkit[wandb]')", lambda run_dir: {"dir": str(run_dir)}),
+    "trackio": ("pip install 'rlkit[trackio]'",
+                lambda run_dir: {"project": "rlkit", "name": Path(run_dir).resolve().name}),
+}
+
+
+def _import_tracker(name: str) -> Any:
     try:
-        import wandb  # noqa: PLC0415 - optional dependency, imported only when configured
+        return importlib.import_module(name)  # optional dependency, imported only when configured
     except ImportError as err:
         raise ImportError(
-            "the recipe asks for Weights & Biases logging (a `wandb` section), but the `wandb` package is "
-            "not installed; run `pip install wandb` (or `pip install 'rlkit[wandb]'`), or remove the "
-            "`wandb` section to log to metrics.jsonl and TensorBoard only"
+            f"the recipe asks for {name} logging (a `logging.{name}` section), but the `{name}` package is not "
+            f"installed; run `{TRACKERS[name][0]}`, or remove the `logging.{name}` section to log to metrics.jsonl "
+            f"and TensorBoard only"
         ) from err
-    return wandb
 
 
 class MetricsLogger:
-    """Append metrics to ``metrics.jsonl``, TensorBoard and (optionally) wandb; samples to ``samples.jsonl``.
+    """Append metrics to ``metrics.jsonl``, TensorBoard and (optionally) wandb / trackio; samples to ``samples.jsonl``.
 
     Args:
         run_dir: the run directory (created if missing).
         tensorboard: also write scalars to ``run_dir/tensorboard``.
         wandb: keyword arguments for ``wandb.init`` (``project``, ``name``, ``entity``, ``config``, ...);
             None disables wandb. ``dir`` defaults to ``run_dir``.
+        trackio: keyword arguments for ``trackio.init`` (``project``, ``name``, ``config``, ``space_id``, ...);
+            None disables trackio. ``project`` defaults to "rlkit", ``name`` to the run directory's name.
         enabled: False on non-main processes: nothing is created or written, every method is a no-op.
 
     Usable as a context manager; ``close()`` is idempotent.
@@ -241,6 +258,7 @@ class MetricsLogger:
         *,
         tensorboard: bool = True,
         wandb: Mapping[str, Any] | None = None,
+        trackio: Mapping[str, Any] | None = None,
         enabled: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -248,22 +266,23 @@ class MetricsLogger:
         self._metrics_file: IO[str] | None = None
         self._samples_file: IO[str] | None = None
         self._tb_writer: Any = None
-        self._wandb_run: Any = None
+        self._tracker_runs: list[Any] = []
         if not enabled:
             return
-        if wandb is not None and not isinstance(wandb, Mapping):
-            raise TypeError(
-                f"wandb must be a dict of wandb.init keyword arguments or None, got {type(wandb).__name__}"
-            )
-        wandb_module = _import_wandb() if wandb is not None else None  # fail before creating files
+        wanted = {name: kwargs for name, kwargs in (("wandb", wandb), ("trackio", trackio)) if kwargs is not None}
+        for name, kwargs in wanted.items():
+            if not isinstance(kwargs, Mapping):
+                raise TypeError(f"{name} must be a dict of {name}.init keyword arguments or None, "
+                                f"got {type(kwargs).__name__}")
+        modules = {name: _import_tracker(name) for name in wanted}  # fail before creating files
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics_file = _open_append(self.run_dir / METRICS_FILE)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - slow import, only when used
 
             self._tb_writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), flush_secs=30)
-        if wandb_module is not None:
-            self._wandb_run = wandb_module.init(**{"dir": str(self.run_dir), **dict(wandb)})
+        for name, module in modules.items():
+            self._tracker_runs.append(module.init(**{**TRACKERS[name][1](self.run_dir), **dict(wanted[name])}))
 
     @property
     def metrics_path(self) -> Path:
@@ -285,12 +304,12 @@ class MetricsLogger:
         values = {str(k): metric_value(str(k), v) for k, v in metrics.items()}
         self._metrics_file.write(_json_line({"step": int(step), "time": time.time(), **values}))
         self._metrics_file.flush()
-        numeric = _numeric(metrics)  # exact values (NaN/inf included) for TensorBoard and wandb
+        numeric = _numeric(metrics)  # exact values (NaN/inf included) for TensorBoard, wandb and trackio
         if self._tb_writer is not None:
             for key, value in numeric.items():
                 self._tb_writer.add_scalar(key, value, global_step=int(step))
-        if self._wandb_run is not None:
-            self._wandb_run.log(numeric, step=int(step))
+        for run in self._tracker_runs:
+            run.log(numeric, step=int(step))
 
     def log_samples(
         self, step: int, rows: Sequence[Mapping[str, Any]], *, max_chars: int = 80
@@ -313,7 +332,7 @@ class MetricsLogger:
         return samples_table(rows, title=f"samples at step {step}", max_chars=max_chars)
 
     def close(self) -> None:
-        """Flush and close every sink (files, TensorBoard, wandb run). Safe to call twice."""
+        """Flush and close every sink (files, TensorBoard, tracker runs). Safe to call twice."""
         for attr in ("_metrics_file", "_samples_file"):
             handle = getattr(self, attr)
             if handle is not None:
@@ -322,9 +341,9 @@ class MetricsLogger:
         if self._tb_writer is not None:
             self._tb_writer.close()
             self._tb_writer = None
-        if self._wandb_run is not None:
-            self._wandb_run.finish()
-            self._wandb_run = None
+        runs, self._tracker_runs = self._tracker_runs, []
+        for run in runs:
+            run.finish()
 
     def __enter__(self) -> MetricsLogger:
         return self

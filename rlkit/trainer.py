@@ -27,6 +27,7 @@ from rlkit.rollout import RolloutWorkerError
 from rlkit.rollout.collect import RolloutContext, collect_rollouts, rollout_metrics
 from rlkit.session import Session, build_session
 from rlkit.console import Progress, format_eval_table, print_table
+from rlkit.run_logging import run_log
 from rlkit.tracking import MetricsLogger
 from rlkit.update import UpdateContext, policy_update
 
@@ -226,13 +227,14 @@ def train(cfg: RecipeConfig, accelerator: Accelerator | None = None) -> dict[str
     acc = accelerator or Accelerator(mixed_precision=cfg.train.mixed_precision)
     check_launch(acc)
     set_seed(cfg.train.seed)
-    s = build_session(cfg, acc)
-    try:
-        return _run(s)
-    finally:
-        s.engine.close()   # e.g. tells rollout workers to drop this trainer's requests
-        s.plugins.environment.close()   # tool worker processes
-        s.rewards.close()               # reward worker processes
+    with run_log(cfg.train.output_dir, acc.process_index):
+        s = build_session(cfg, acc)
+        try:
+            return _run(s)
+        finally:
+            s.engine.close()   # e.g. tells rollout workers to drop this trainer's requests
+            s.plugins.environment.close()   # tool worker processes
+            s.rewards.close()               # reward worker processes
 
 
 def _run(s: Session) -> dict[str, float]:
@@ -247,7 +249,7 @@ def _run(s: Session) -> dict[str, float]:
                                                                                           t.steps)
     step, position = _resume(s, ckpt, prefetch) if ckpt else (0, 0)
     logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
-                           enabled=acc.is_main_process)
+                           trackio=cfg.logging.trackio, enabled=acc.is_main_process)
     update_ctx = UpdateContext(acc, s.model, s.optimizer, s.scheduler, s.plugins.losses, s.plugins.aggregation,
                                s.tokenizer.pad_token_id, s.sampling.temperature, t.micro_batch_size, t.epochs,
                                t.mini_batches, t.max_grad_norm, model_token_bound(cfg, s.plugins.environment), t.seed,

@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from rich.table import Table
 from rlkit import console as console_mod
 from rlkit.console import Progress, format_eval_table, print_table
 from rlkit.tracking import MetricsLogger, read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def render(table: Table) -> str:
@@ -145,6 +150,36 @@ def test_wandb_receives_init_kwargs_and_numeric_metrics(tmp_path, monkeypatch):
     assert calls["init"] == {"dir": str(tmp_path), "project": "p", "name": "n"}
     assert calls["log"] == [(4, {"reward/mean": 0.5})]
     assert calls["finished"]
+
+
+TRACKIO_RUN = """
+import torch
+from rlkit.tracking import MetricsLogger
+from trackio.sqlite_storage import SQLiteStorage
+with MetricsLogger("run7", tensorboard=False, trackio={"project": "unit"}) as logger:
+    logger.log(1, {"reward/mean": 0.25, "sampler/name": "fixed"})
+    logger.log(2, {"reward/mean": torch.tensor(0.75)})
+print("LOGS", [(row["step"], row["reward/mean"], "sampler/name" in row) for row in SQLiteStorage.get_logs("unit", "run7")])
+"""
+
+
+def test_trackio_is_a_tracker_beside_the_files(tmp_path):
+    # the real package (dev extra), in a subprocess: trackio reads TRACKIO_DIR (its database) at import time
+    pytest.importorskip("trackio")
+    env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", TRACKIO_RUN], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "LOGS [(1, 0.25, False), (2, 0.75, False)]" in out.stdout
+    assert (tmp_path / "trackio" / "unit.db").exists()
+    assert (tmp_path / "run7" / "metrics.jsonl").read_text().count("\n") == 2
+
+
+def test_trackio_requested_but_not_installed_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "trackio", None)
+    with pytest.raises(ImportError, match=r"rlkit\[trackio\]"):
+        MetricsLogger(tmp_path / "run", trackio={})
+    assert not (tmp_path / "run").exists()
 
 
 def test_progress_with_non_tty_stream():
