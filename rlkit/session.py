@@ -92,6 +92,12 @@ def check_recipe(cfg: RecipeConfig, *, check_files: bool = True) -> tuple[Plugin
     if cfg.critic is not None and "values" not in needs:
         log.warning("critic configured but no plug-in uses values (advantage: gae, loss: value); it will be "
                     "trained for nothing -- remove the `critic:` section")
+    for loss in plugins.losses:
+        intended = getattr(loss, "intended_aggregation", None)
+        if intended and plugins.aggregation.plugin_name != intended:
+            log.warning("loss '%s' is defined with aggregation '%s' (see its docstring: `rlkit list loss`), but the "
+                        "recipe aggregates with '%s'; set `aggregation: %s` unless the change is deliberate",
+                        loss.plugin_name, intended, plugins.aggregation.plugin_name, intended)
     check_engine(cfg)
     rewards = reward_manager(cfg, plugins.environment)
     if check_files:

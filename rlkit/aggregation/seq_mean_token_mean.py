@@ -2,8 +2,11 @@
 
     loss = (1/N_seq) Σ_i (1/L_i) Σ_t w[i,t]·ℓ[i,t]   coef_i = 1/L_i,  Z = N_seq = #{i : L_i > 0}
 
-Empty rows (L_i = 0) get coef 0 and are left out of N_seq, as in verl's "seq-mean-token-mean" with the
-global batch size (TRL counts them in the mean instead). Z = 1 if every row is empty.
+Empty rows (L_i = 0: no trained token) get coef 0 and are left out of N_seq. verl's "seq-mean-token-mean" leaves
+them out only on its local path (no ``global_batch_info``: it divides by the micro-batch's count of non-empty rows);
+its trainer normally passes a global batch size that counts every row of the mini-batch, empty ones included, and
+TRL's "grpo" also counts them in the mean. So rlkit equals both exactly when no row of the mini-batch is empty, and
+gives the empty-row-free mean (a larger per-row weight) otherwise. Z = 1 if every row is empty.
 The maths is ``rlkit.functional.aggregation_plan(lengths, "seq_mean_token_mean")``.
 """
 

@@ -371,8 +371,9 @@ def mismatch_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
 # Advantage estimators beyond GRPO, PPO-GAE pieces, and max@k live in their own modules (re-exported here so the
 # whole functional core stays importable as ``rlkit.functional``).
 from rlkit.functional.advantages import (adaptive_kl_coef, beta_norm_advantages, beta_norm_moments,  # noqa: E402, F401
-                                         beta_norm_params, clipped_value_loss, gae_advantages,
-                                         reinforce_pp_advantages, rloo_advantages, token_rewards, whiten)
+                                         beta_norm_params, check_value_clip, clipped_value_loss,
+                                         gae_advantages, reinforce_pp_advantages, rloo_advantages, token_rewards,
+                                         value_clip_active, whiten)
 from rlkit.functional.max_at_k import (MAX_AT_K_BASELINES, max_at_k_advantages, max_at_k_estimate,  # noqa: E402, F401
                                        max_at_k_offpolicy_rewards, max_at_k_rewards, pass_at_k)
 from rlkit.functional.delta_l import plan_delta_l  # noqa: E402

@@ -276,22 +276,36 @@ def gae_advantages(token_rewards: torch.Tensor, values: torch.Tensor, mask: torc
     return adv, torch.where(mask, adv + v, 0.0)  # [N,T], [N,T]
 
 
+def check_value_clip(clip: float | None, where: str = "value loss") -> None:
+    """``clip`` must be None (no clipping) or > 0: 0 reads as "off" in some code bases and as "pin V to V_old" in
+    verl (``cliprange_value=0``), so rlkit accepts neither reading silently."""
+    if clip is not None and not clip > 0:
+        raise ValueError(f"{where}: clip={clip!r} is ambiguous or invalid: write clip: null for no clipping, or a "
+                         f"positive range such as 0.5 (verl's cliprange_value=0 would pin V to V_old)")
+
+
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, *,
                        clip: float | None = 0.5) -> torch.Tensor:
-    """Per-token ``1/2 max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)`` [N,T]; c None or 0 -> ``1/2 (V - R)^2``.
+    """Per-token ``1/2 max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)`` [N,T]; c None -> ``1/2 (V - R)^2``.
 
     Not masked, not reduced: aggregate with ``rlkit.functional.aggregate``.
     """
     if not values.shape == old_values.shape == returns.shape:
         raise ValueError(f"clipped_value_loss: values, old_values, returns must share one shape; got "
                          f"{tuple(values.shape)}, {tuple(old_values.shape)}, {tuple(returns.shape)}")
-    if clip is not None and not clip >= 0:
-        raise ValueError(f"clipped_value_loss: clip={clip!r} must be None (no clipping) or >= 0")
+    check_value_clip(clip, "clipped_value_loss")
     loss = (values - returns) ** 2  # [N,T]
-    if clip:
+    if clip is not None:
         clipped = torch.clamp(values, old_values - clip, old_values + clip)  # [N,T]
         loss = torch.maximum(loss, (clipped - returns) ** 2)  # [N,T]
     return 0.5 * loss  # [N,T]
+
+
+def value_clip_active(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                      clip: float) -> torch.Tensor:
+    """[N,T] bool: the clipped term wins the max, ``(clip(V) - R)^2 > (V - R)^2`` (verl ``vf_clipfrac``, TRL)."""
+    clipped = torch.clamp(values, old_values - clip, old_values + clip)  # [N,T]
+    return (clipped - returns) ** 2 > (values - returns) ** 2  # [N,T]
 
 
 def adaptive_kl_coef(coef: float, observed_kl: float, target: float, horizon: float, n_steps: int) -> float:

@@ -13,11 +13,8 @@ Deviations / choices:
   gradient -A * grad(log pi), as TRL does with ``num_iterations=1``.
 * The log-ratio clamp to [-20, 20] follows verl and only guards exp() against overflow.
 
-Train-inference mismatch correction (``rlkit.functional.mismatch_weights``): the rollout engine (vLLM) samples
-from a numerically slightly different policy than the trainer's pi_old. ``tis_cap`` multiplies each token's
-loss by the truncated importance weight ``min(pi_old/pi_rollout, tis_cap)`` (TIS); ``mis_low``/``mis_high``
-drop whole sequences whose geometric-mean ratio falls outside the band (MIS). Both need ``old_logprobs``,
-which the plug-in then requires from the scoring pass. Off by default.
+Train-inference mismatch correction (``tis_cap``, ``mis_low``, ``mis_high``; ``rlkit.losses.mismatch``): off by
+default; when on, the plug-in requires ``old_logprobs`` from the scoring pass.
 """
 
 from __future__ import annotations
@@ -25,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from rlkit import functional as F
+from rlkit.losses.mismatch import MismatchCorrection, old_logprobs
 from rlkit.plugin_api import Loss, MicroBatch
 from rlkit.registry import LOSSES
 
@@ -36,25 +34,12 @@ class PPOClipLoss(Loss):
     def __init__(self, eps_low: float = 0.2, eps_high: float = 0.2, dual_clip: float | None = None,
                  tis_cap: float | None = None, mis_low: float | None = None, mis_high: float | None = None):
         F.check_clip_args(eps_low, eps_high, dual_clip)
-        if tis_cap is not None and tis_cap <= 0:
-            raise ValueError(f"ppo_clip.tis_cap must be > 0 (typical: 2.0), got {tis_cap}")
-        if mis_low is not None and mis_high is not None and not 0 <= mis_low < mis_high:
-            raise ValueError(f"ppo_clip needs 0 <= mis_low < mis_high, got {mis_low}, {mis_high}")
         self.eps_low, self.eps_high, self.dual_clip = eps_low, eps_high, dual_clip
-        self.tis_cap, self.mis_low, self.mis_high = tis_cap, mis_low, mis_high
-        self.correct = tis_cap is not None or mis_low is not None or mis_high is not None
-        self.requires = frozenset({"old_logprobs"}) if self.correct else frozenset()
+        self.mismatch = MismatchCorrection("ppo_clip", tis_cap, mis_low, mis_high)
+        self.requires = frozenset({"old_logprobs"}) if self.mismatch.enabled else frozenset()
 
     def __call__(self, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        batch = micro.batch
-        if batch.advantages is None:
-            raise ValueError("ppo_clip: the micro-batch has no advantages; the advantage estimator must run first")
-        old = batch.old_logprobs if batch.old_logprobs is not None else micro.logprobs.detach()  # [n,T]
-        loss, metrics = F.ppo_clip_loss(micro.logprobs, old, batch.advantages, batch.response_mask,
+        old = old_logprobs(micro, "ppo_clip")                                                       # [n,T]
+        loss, metrics = F.ppo_clip_loss(micro.logprobs, old, micro.batch.advantages, micro.batch.response_mask,
                                         eps_low=self.eps_low, eps_high=self.eps_high, dual_clip=self.dual_clip)
-        if self.correct:
-            weights, extra = F.mismatch_weights(old, batch.rollout_logprobs.to(old.device), batch.response_mask,
-                                                tis_cap=self.tis_cap, mis_low=self.mis_low, mis_high=self.mis_high)
-            loss = loss * weights                                                                   # [n,T]
-            metrics.update(extra)
-        return loss, metrics
+        return self.mismatch.apply(loss, old, micro, metrics), metrics                             # [n,T]

@@ -305,7 +305,10 @@ def test_clipped_value_loss_branches():
     v, old, ret = t([[1.0, 0.2, 0.9]]), t([[0.0, 0.0, 0.0]]), t([[0.0, 1.0, 1.0]])
     close(A.clipped_value_loss(v, old, ret, clip=0.5), [[0.5, 0.32, 0.125]])
     close(A.clipped_value_loss(v, old, ret, clip=None), [[0.5, 0.32, 0.005]])
-    close(A.clipped_value_loss(v, old, ret, clip=0.0), [[0.5, 0.32, 0.005]])
+    # only the third token has its clipped term winning the max (the first is clipped too, but loses the max)
+    assert A.value_clip_active(v, old, ret, 0.5).tolist() == [[False, False, True]]
+    with pytest.raises(ValueError, match=r"clip=0.0 is ambiguous.*clip: null for no clipping"):
+        A.clipped_value_loss(v, old, ret, clip=0.0)   # verl: pins V to V_old; elsewhere: off
 
 
 def test_adaptive_kl_coef():

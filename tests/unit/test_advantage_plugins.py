@@ -102,14 +102,19 @@ def test_gae_sets_returns_adapts_kl_and_needs_values():
 
 def test_value_loss_hand_numbers_and_errors():
     loss = LOSSES.build("value", {"coef": 2.0, "clip": 0.2})
-    b = batch([1.0], [0], T=2)
-    b.values = torch.tensor([[0.0, 0.5]])                                  # V_old
-    b.returns = torch.tensor([[1.0, 0.0]])
-    v = torch.tensor([[0.5, 0.6]], requires_grad=True)                   # V (clipped to [-0.2,0.2], [0.3,0.7])
-    out, metrics = loss(MicroBatch(batch=b, logprobs=torch.zeros(1, 2), entropy=None, values=v))
-    # token 0: max((0.5-1)^2, (0.2-1)^2) / 2 = 0.32; token 1: max(0.36, 0.36) / 2 = 0.18; times coef 2
-    assert torch.allclose(out, torch.tensor([[0.64, 0.36]]))
-    assert float(metrics["value_clipfrac"]) == pytest.approx(0.5) and float(metrics["value_loss"]) == pytest.approx(0.25)
+    b = batch([1.0], [0], T=3)
+    b.values = torch.tensor([[0.0, 0.5, 0.0]])                             # V_old
+    b.returns = torch.tensor([[1.0, 0.0, 0.0]])
+    v = torch.tensor([[0.5, 0.6, 1.5]], requires_grad=True)              # V (clipped to [-.2,.2], [.3,.7], [-.2,.2])
+    out, metrics = loss(MicroBatch(batch=b, logprobs=torch.zeros(1, 3), entropy=None, values=v))
+    # token 0: max((0.5-1)^2, (0.2-1)^2) / 2 = 0.32 (clipped term wins); token 1: max(0.36, 0.36) / 2 = 0.18 (a tie:
+    # the clipped term does not win); token 2: max(1.5^2, 0.2^2) / 2 = 1.125 (|V - V_old| > c, yet the unclipped term
+    # wins, so it does not count as clipped: verl's vf_clipfrac); times coef 2
+    assert torch.allclose(out, torch.tensor([[0.64, 0.36, 2.25]]))
+    assert float(metrics["value_clipfrac"]) == pytest.approx(1 / 3)
+    assert float(metrics["value_loss"]) == pytest.approx((0.32 + 0.18 + 1.125) / 3)
+    with pytest.raises(ValueError, match="clip: null for no clipping"):
+        LOSSES.build("value", {"clip": 0})
     b.returns = None
     with pytest.raises(ValueError, match="advantage: gae"):
         loss(MicroBatch(batch=b, logprobs=torch.zeros(1, 2), entropy=None, values=v))
