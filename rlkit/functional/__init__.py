@@ -372,7 +372,8 @@ def mismatch_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
 # whole functional core stays importable as ``rlkit.functional``).
 from rlkit.functional.advantages import (adaptive_kl_coef, beta_norm_advantages, beta_norm_moments,  # noqa: E402, F401
                                          beta_norm_params, check_value_clip, clipped_value_loss,
-                                         gae_advantages, reinforce_pp_advantages, rloo_advantages, token_rewards,
+                                         discounted_returns, gae_advantages, reinforce_pp_advantages,
+                                         reinforce_pp_discounted_advantages, rloo_advantages, token_rewards,
                                          value_clip_active, whiten)
 from rlkit.functional.max_at_k import (MAX_AT_K_BASELINES, max_at_k_advantages, max_at_k_estimate,  # noqa: E402, F401
                                        max_at_k_offpolicy_rewards, max_at_k_rewards, pass_at_k)

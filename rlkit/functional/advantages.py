@@ -201,6 +201,46 @@ def reinforce_pp_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, mask
     return torch.where(valid, x, 0.0)  # [N]
 
 
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """``G_t = r_t + gamma * G_{t'}`` backwards over each row's valid tokens (t' = the next valid token) -> [N,T].
+
+    Positions outside ``mask`` get 0 and are skipped, not reset: a multi-turn episode's tool-output tokens sit
+    between model turns, and the reward at the episode's end must reach the earlier turns (verl's REINFORCE++
+    resets the running return at every masked position, which is the same on right-padded single-turn rows).
+
+    Args:
+        rewards: [N,T] per-token rewards (``token_rewards``).  mask: [N,T] bool.  gamma: in [0, 1].
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"discounted_returns: gamma={gamma!r} must be in [0, 1]")
+    if rewards.shape != mask.shape:
+        raise ValueError(f"discounted_returns: rewards {tuple(rewards.shape)} and mask {tuple(mask.shape)} differ")
+    mask = mask != 0  # [N,T] bool
+    out = torch.zeros_like(rewards)  # [N,T]
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)  # [N]
+    for t in reversed(range(rewards.shape[1])):
+        step = rewards[:, t] + gamma * running  # [N]
+        running = torch.where(mask[:, t], step, running)  # [N] unchanged over masked positions
+        out[:, t] = torch.where(mask[:, t], running, 0.0)
+    return out  # [N,T]
+
+
+def reinforce_pp_discounted_advantages(scores: torch.Tensor, mask: torch.Tensor, *, gamma: float = 1.0,
+                                       kl: torch.Tensor | None = None, kl_coef: float = 0.0,
+                                       eps: float = 1e-8) -> torch.Tensor:
+    """REINFORCE++ (no baseline; verl ``compute_reinforce_plus_plus_outcome_advantage``): token rewards (score on
+    the last valid token, ``-kl_coef * kl`` on every valid one), discounted returns, whitened over every valid
+    token of the batch -> [N,T]. Rows with a NaN score (unscorable) get 0 and are left out of the whitening.
+
+    Args:
+        scores: [N] (NaN = unscorable).  mask: [N,T] bool.  kl: [N,T] or None.
+    """
+    valid = ~torch.isnan(_float(scores))  # [N]
+    mask = (mask != 0) & valid[:, None]  # [N,T]
+    rewards = token_rewards(torch.where(valid, _float(scores), 0.0), mask, kl=kl, kl_coef=kl_coef)  # [N,T]
+    return whiten(discounted_returns(rewards, mask, gamma), mask, eps=eps)  # [N,T]
+
+
 def whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """Masked whitening over all True positions: ``(x - mean) rsqrt(var_Bessel + eps)`` (+ mean if not shift_mean).
 

@@ -320,3 +320,43 @@ def test_adaptive_kl_coef():
     assert A.adaptive_kl_coef(2.0, 0.0, 6.0, 100, 50) == pytest.approx(1.8)
     with pytest.raises(ValueError, match="target"):
         A.adaptive_kl_coef(0.1, 0.1, 0.0, 100, 1)
+
+
+def test_reinforce_pp_discounted_hand_numbers():
+    # row 0: 3 tokens, score 1; row 1: 2 tokens, score 0; gamma = 0.5
+    # returns: row 0 = [0.25, 0.5, 1]; row 1 = [0, 0, -]; valid values 0.25, 0.5, 1, 0, 0: mean 0.35,
+    # Bessel var (0.01 + 0.0225 + 0.4225 + 0.1225 + 0.1225) / 4 = 0.175
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    ret = A.discounted_returns(A.token_rewards(t([1.0, 0.0]), mask), mask, 0.5)
+    close(ret, [[0.25, 0.5, 1.0], [0.0, 0.0, 0.0]])
+    adv = A.reinforce_pp_discounted_advantages(t([1.0, 0.0]), mask, gamma=0.5, eps=0.0)
+    sd = math.sqrt(0.175)
+    close(adv, [[-0.1 / sd, 0.15 / sd, 0.65 / sd], [-0.35 / sd, -0.35 / sd, 0.0]])
+    # a masked position inside a row (tool output between model turns) is skipped, not reset: t0 = 0.5 * 1
+    inner = torch.tensor([[True, False, True]])
+    close(A.discounted_returns(t([[0.0, 0.0, 1.0]]), inner, 0.5), [[0.5, 0.0, 1.0]])
+    # an unscorable (NaN) row gets 0 and stays out of the whitening
+    adv = A.reinforce_pp_discounted_advantages(t([1.0, NAN]), mask, gamma=0.5, eps=0.0)
+    assert adv[1].abs().sum() == 0 and torch.isfinite(adv).all()
+
+
+def test_reinforce_pp_discounted_matches_verl_on_single_turn_rows():
+    # verl compute_reinforce_plus_plus_outcome_advantage, written out independently: backward loop with a reset
+    # after every masked position, then masked whitening (unbiased variance, eps 1e-8), times the mask
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(1, 9, (6,), generator=g)
+    mask = torch.arange(8)[None, :] < lengths[:, None]                        # right-padded rows
+    scores = torch.randn(6, generator=g)
+    kl = 0.1 * torch.randn(6, 8, generator=g)
+    rewards = A.token_rewards(scores, mask, kl=kl, kl_coef=0.05)
+    returns, running = torch.zeros(6, 8), torch.zeros(6)
+    for step in reversed(range(8)):
+        running = rewards[:, step] + 0.9 * running
+        returns[:, step] = running
+        running = running * mask[:, step]
+    m = mask.float()
+    mean = (returns * m).sum() / m.sum()
+    var = ((returns - mean) ** 2 * m).sum() / (m.sum() - 1)
+    ref = (returns - mean) * torch.rsqrt(var + 1e-8) * m
+    ours = A.reinforce_pp_discounted_advantages(scores, mask, gamma=0.9, kl=kl, kl_coef=0.05)
+    torch.testing.assert_close(ours, ref)

@@ -142,3 +142,19 @@ def test_passthrough_broadcasts_the_objective_output_over_the_response():
     adv, m = ADVANTAGES.build("passthrough", {})(b)
     assert adv.tolist() == [[0.5, 0.5, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]    # NaN (unscorable) -> 0
     assert m["mean"] == pytest.approx(-0.5 / 3) and m["abs_mean"] == pytest.approx(0.5)
+
+
+def test_reinforce_pp_discounted_mode_plugin():
+    est = ADVANTAGES.build("reinforce_pp", {"mode": "discounted", "gamma": 0.5})
+    b = batch([1.0, 0.0], [0, 0], T=3)
+    b.response_mask[1, 2] = False
+    adv, stats = est(b)
+    sd = (0.175) ** 0.5                                    # hand numbers of test_advantage_math
+    assert torch.allclose(adv, torch.tensor([[-0.1, 0.15, 0.65], [-0.35, -0.35, 0.0]]) / sd, atol=1e-5)
+    assert est.requires == frozenset() and "abs_mean" in stats
+    assert ADVANTAGES.build("reinforce_pp", {"mode": "discounted", "kl_coef": 0.1}).requires == {"old_logprobs",
+                                                                                                  "ref_logprobs"}
+    with pytest.raises(ValueError, match="mode: discounted"):
+        ADVANTAGES.build("reinforce_pp", {"gamma": 0.9})
+    with pytest.raises(ValueError, match="mode"):
+        ADVANTAGES.build("reinforce_pp", {"mode": "discount"})
