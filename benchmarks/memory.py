@@ -6,6 +6,8 @@ both requiring grad, ``targets`` [R]):
            (the [R,V] logits, log-softmax and their gradients all exist at once)
   ops      logits = hidden @ weight.T; rlkit.ops.logprobs_from_logits (no fp32 copies, still [R,V] logits)
   chunked  rlkit.fused_logprob.linear_logprobs: the LM head chunk by chunk, recomputed in backward
+  naive_entropy, chunked_entropy   the same plus an entropy bonus with gradient (``entropy_grad=True``, the
+           ``entropy`` loss): the chunked path keeps its O(chunk x V) memory (one more [c, V] buffer in backward)
 
 Method: every variant runs in a fresh Python process (``--worker``), so allocator caches and the high-water
 mark of one variant cannot leak into another. The worker allocates the inputs, reads ``ru_maxrss``
@@ -28,7 +30,7 @@ dominate (large H, CPU) its time ratio approaches 4/3; it wins back the elementw
 over several [R,V] fp32 tensors.
 
 Usage: python benchmarks/memory.py [--vocab 150000 --tokens 4096 --hidden 896 --dtype float32 --repeats 3]
-           [--chunk-rows N] [--variants naive chunked ops] [--json out.json]
+           [--chunk-rows N] [--variants naive chunked ops naive_entropy chunked_entropy] [--json out.json]
        python benchmarks/memory.py --small     # V=32000, R=512, H=256, 64-row chunks: a quick check
 The default size needs ~8 GB of free memory for the naive variant and takes minutes on a few CPU cores.
 """
@@ -52,6 +54,9 @@ DTYPES = ("float32", "bfloat16", "float64")
 TARGET_MEMORY, TARGET_TIME = 0.25, 1.10
 MIB = 1 << 20
 MMAP_THRESHOLD = 1 << 20  # glibc: blocks >= 1 MiB are mmap'd and unmapped on free (see the module docstring)
+
+
+VARIANTS = ["naive", "ops", "chunked", "naive_entropy", "chunked_entropy"]
 
 
 def _maxrss_bytes() -> int:
@@ -83,7 +88,13 @@ def _step(variant: str, hidden, weight, targets, chunk_rows):
         return ops.logprobs_from_logits(logits, targets[None], chunk_rows=chunk_rows)[0].sum()
     if variant == "chunked":
         return linear_logprobs(hidden, weight, targets, chunk_rows=chunk_rows)[0].sum()
-    raise ValueError(f"unknown variant '{variant}'; valid: naive, ops, chunked")
+    if variant == "naive_entropy":  # log-probs + an entropy bonus, both with gradient, from full fp32 logits
+        logp = torch.log_softmax((hidden @ weight.T).float(), dim=-1)  # [R,V] fp32
+        return logp.gather(-1, targets[:, None]).sum() + 1e-3 * (logp.exp() * logp).sum()
+    if variant == "chunked_entropy":
+        lp, ent = linear_logprobs(hidden, weight, targets, chunk_rows=chunk_rows, with_entropy=True, entropy_grad=True)
+        return lp.sum() - 1e-3 * ent.sum()
+    raise ValueError(f"unknown variant '{variant}'; valid: {', '.join(VARIANTS)}")
 
 
 def worker(args) -> dict:
@@ -145,7 +156,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="forward+backward passes per variant (median time)")
     ap.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk (default: the library's auto)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
-    ap.add_argument("--variants", nargs="+", default=["naive", "chunked"], choices=["naive", "ops", "chunked"])
+    ap.add_argument("--variants", nargs="+", default=["naive", "chunked"], choices=VARIANTS)
     ap.add_argument("--small", action="store_true",
                     help="quick check: V=32000, R=512, H=256 and --chunk-rows 64 unless given")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")

@@ -57,17 +57,17 @@ def _log_once(message: str, *args, level: int = logging.INFO) -> None:
 
 def response_logprobs(model, batch: RolloutBatch, *, pad_id: int, temperature: float = 1.0,
                       with_entropy: bool = False, chunk_tokens: ChunkTokens = "auto",
-                      packed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      packed: bool = False, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(response token) [n, T] (0 where masked) and optionally the entropy [n, T] for every row of ``batch``."""
     return token_logprobs(model, batch.prompt_ids, batch.response_ids, batch.response_mask, pad_id=pad_id,
                           temperature=temperature, with_entropy=with_entropy, chunk_tokens=chunk_tokens,
-                          packed=packed)
+                          packed=packed, entropy_grad=entropy_grad)
 
 
 def token_logprobs(model, prompt_ids: list[list[int]], response_ids: torch.Tensor, response_mask: torch.Tensor, *,
                    pad_id: int, temperature: float = 1.0, with_entropy: bool = False,
-                   chunk_tokens: ChunkTokens = "auto",
-                   packed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   chunk_tokens: ChunkTokens = "auto", packed: bool = False,
+                   entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(response_ids[i,t] | prompt_i, response_i[:t]) [n, T], 0 where ``response_mask`` [n, T] is False.
 
     ``chunk_tokens``: response positions per LM-head chunk ("auto", an int > 0), or 0 / None for the full-logits
@@ -94,12 +94,14 @@ def token_logprobs(model, prompt_ids: list[list[int]], response_ids: torch.Tenso
     if head is not None:
         chunk_rows = None if chunk_tokens == "auto" else int(chunk_tokens)
         sel = flat_index[mask]                                                             # [R] response positions
-        with _head_computes_logprobs(head, sel, targets[mask], temperature, chunk_rows, with_entropy) as called:
+        with _head_computes_logprobs(head, sel, targets[mask], temperature, chunk_rows, with_entropy,
+                                     entropy_grad) as called:
             out = model(**inputs, use_cache=False)
         if called:
             cols = out.logits                                                              # [R, 1 or 2] fp32
             logprobs = cols.new_zeros(n, T).masked_scatter(mask, cols[:, 0])              # [n, T]
-            entropy = cols.new_zeros(n, T).masked_scatter(mask, cols[:, 1].detach()) if with_entropy else None
+            ent_col = cols[:, 1] if entropy_grad else cols[:, 1].detach() if with_entropy else None  # [R]
+            entropy = cols.new_zeros(n, T).masked_scatter(mask, ent_col) if with_entropy else None
             return logprobs, entropy
         _log_once("%s did not call its output head on the hidden states; computing log-probs from full logits",
                   type(model).__name__)
@@ -108,7 +110,7 @@ def token_logprobs(model, prompt_ids: list[list[int]], response_ids: torch.Tenso
     logits = out.logits                                                                    # [b, S, V]
     logits = logits.reshape(-1, logits.shape[-1])[flat_index]                              # [n, T, V]
     logprobs, entropy = ops.logprobs_from_logits(logits, targets, temperature=temperature,
-                                                 with_entropy=with_entropy)               # [n, T], [n, T]
+                                                 with_entropy=with_entropy, entropy_grad=entropy_grad)  # [n, T] x2
     logprobs = logprobs * mask
     if entropy is not None:
         entropy = entropy * mask
@@ -141,7 +143,7 @@ def _fusable_head(model) -> torch.nn.Linear | None:
 
 @contextlib.contextmanager
 def _head_computes_logprobs(head: torch.nn.Linear, sel: torch.Tensor, targets: torch.Tensor, temperature: float,
-                            chunk_rows: int | None, with_entropy: bool):
+                            chunk_rows: int | None, with_entropy: bool, entropy_grad: bool = False):
     """For one model call, make ``head(hidden [b,S,H])`` return [R, 1 or 2] = (logprobs, entropy) of the R
     positions ``sel`` (indices into the b*S flattened positions) instead of logits [b,S,V].
 
@@ -153,7 +155,8 @@ def _head_computes_logprobs(head: torch.nn.Linear, sel: torch.Tensor, targets: t
     def forward(hidden: torch.Tensor) -> torch.Tensor:                                     # [b,S,H]
         picked = hidden.reshape(-1, hidden.shape[-1])[sel]                                 # [R, H]
         logprobs, entropy = linear_logprobs(picked, head.weight, targets, bias=head.bias, temperature=temperature,
-                                            chunk_rows=chunk_rows, with_entropy=with_entropy)  # [R], [R] | None
+                                            chunk_rows=chunk_rows, with_entropy=with_entropy,
+                                            entropy_grad=entropy_grad)                     # [R], [R] | None
         called.append(True)
         return torch.stack([logprobs] + ([entropy] if with_entropy else []), dim=-1)       # [R, 1 or 2]
 

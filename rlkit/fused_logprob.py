@@ -72,7 +72,8 @@ class _LinearLogprob(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_rows, with_entropy):  # [R,H],[V,H],[V]|None,[R]
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_rows, with_entropy,
+                entropy_grad=False):  # [R,H],[V,H],[V]|None,[R]
         dtype = torch.promote_types(hidden.dtype, torch.float32)
         (rows, _), vocab, device = hidden.shape, weight.shape[0], hidden.device
         c = min(chunk_rows, rows)
@@ -87,6 +88,7 @@ class _LinearLogprob(torch.autograd.Function):
         # so it is computed here, from the chunk's softmax at hand, and backward only scales it (no recompute)
         precompute = ctx.needs_input_grad[0] and not any(ctx.needs_input_grad[1:3])
         dhidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=device) if precompute else None  # [R,H]
+        dent = torch.empty(hidden.shape, dtype=hidden.dtype, device=device) if precompute and entropy_grad else None
         for sl in ops._chunks(rows, chunk_rows):
             k = sl.stop - sl.start
             low = None if low_buf is None else low_buf[:k]  # [c,V]
@@ -99,6 +101,10 @@ class _LinearLogprob(torch.autograd.Function):
                 total = e.sum(-1)  # [c]
                 if precompute:  # keep e intact for d logprob / d hidden: row dot products via bmm, no [c,V] temp
                     entropy[sl] = total.log() - torch.bmm(e[:, None, :], z[:, :, None]).view(-1) / total  # [c]
+                    if entropy_grad:  # d H / d hidden = -(p * (log p + H)) @ weight / temperature, p = e / total
+                        q = z.sub_((total.log() - entropy[sl])[:, None]).mul_(e).div_(total[:, None])  # [c,V]
+                        q_mm = q if low is None else low.copy_(q)  # [c,V], matmul dtype = input dtype
+                        torch.mm(q_mm, weight, out=dent[sl]).mul_(-1.0 / temperature)  # [c,H]
                 else:
                     entropy[sl] = total.log() - e.mul_(z).sum(-1) / total  # [c], log Σe^y - Σ e^y y / Σe^y
             else:
@@ -112,20 +118,24 @@ class _LinearLogprob(torch.autograd.Function):
                 d_mm = d if low is None else low.copy_(d)  # [c,V], matmul dtype = input dtype
                 torch.mm(d_mm, weight, out=dhidden[sl]).mul_(-1.0 / temperature)  # [c,H], d logprob / d hidden
         if precompute:
-            ctx.save_for_backward(dhidden)
+            ctx.save_for_backward(dhidden, dent)
         else:
-            ctx.save_for_backward(hidden, weight, bias, targets, lse)
+            ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy if entropy_grad else None)
         ctx.temperature, ctx.chunk_rows, ctx.precomputed = temperature, chunk_rows, precompute
-        ctx.mark_non_differentiable(entropy)
+        ctx.entropy_grad = entropy_grad
+        if not entropy_grad:
+            ctx.mark_non_differentiable(entropy)
         return logprobs, entropy
 
     @staticmethod
-    def backward(ctx, grad_logprobs, grad_entropy):  # [R], ignored
+    def backward(ctx, grad_logprobs, grad_entropy):  # [R], [R] (used only with entropy_grad)
         if ctx.precomputed:
-            (dhidden,) = ctx.saved_tensors  # [R,H]
+            dhidden, dent = ctx.saved_tensors  # [R,H], [R,H] | None
             grad_hidden = dhidden * grad_logprobs[:, None].to(dhidden.dtype)  # [R,H]
-            return grad_hidden, None, None, None, None, None, None
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
+            if dent is not None:
+                grad_hidden += dent * grad_entropy[:, None].to(dent.dtype)  # [R,H]
+            return grad_hidden, None, None, None, None, None, None, None
+        hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         dtype, (rows, _), vocab, device = lse.dtype, hidden.shape, weight.shape[0], hidden.device
         c = min(ctx.chunk_rows, rows)
@@ -134,14 +144,24 @@ class _LinearLogprob(torch.autograd.Function):
         grad_bias = torch.zeros(vocab, dtype=dtype, device=device) if need_bias else None  # [V] fp32
         z_buf = torch.empty(c, vocab, dtype=dtype, device=device)  # [c,V]
         low_buf = torch.empty(c, vocab, dtype=hidden.dtype, device=device) if hidden.dtype != dtype else None  # [c,V]
+        q_buf = torch.empty(c, vocab, dtype=dtype, device=device) if entropy is not None else None  # [c,V]
         for sl in ops._chunks(rows, ctx.chunk_rows):
             k = sl.stop - sl.start
             low = None if low_buf is None else low_buf[:k]  # [c,V]
             h = hidden[sl]  # [c,H]
             z = _lm_head_chunk(h, weight, bias, ctx.temperature, low, z_buf[:k])  # [c,V]
             neg_scale = grad_logprobs[sl].to(dtype) / -ctx.temperature  # [c], -s
-            d = z.sub_(lse[sl, None]).exp_()  # [c,V], softmax
+            logp = z.sub_(lse[sl, None])  # [c,V], log softmax
+            q = None
+            if entropy is not None:  # d H / d z = -p (log p + H): kept as -p (log p + H) * g_H / T in q
+                q = torch.add(logp, entropy[sl, None], out=q_buf[:k])  # [c,V], log p + H
+            d = logp.exp_()  # [c,V], softmax
+            if q is not None:
+                q.mul_(d).mul_((grad_entropy[sl].to(dtype) / -ctx.temperature)[:, None])  # [c,V]
             d.scatter_add_(-1, targets[sl, None], torch.full_like(neg_scale[:, None], -1.0))  # [c,V], p - onehot
+            if q is not None:  # the two row scales differ: fold them into d, unit scale on the [c,H] side
+                d.mul_(neg_scale[:, None]).add_(q)  # [c,V], full d loss / d z / T
+                neg_scale = torch.ones_like(neg_scale)  # [c]
             # G = (onehot - p) * s = d * (-s): the row scale goes on the [c,H] side, saving a pass over [c,V]
             if need_bias:
                 grad_bias.addmv_(d.t(), neg_scale)  # [V]
@@ -156,7 +176,7 @@ class _LinearLogprob(torch.autograd.Function):
                     grad_weight += torch.mm(d_mm.t(), h_scaled)  # [V,H], low-precision product, fp32 sum
         grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)  # [V,H]
         grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)  # [V]
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
 
 
 def _autocast_like_linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
@@ -173,7 +193,8 @@ def _autocast_like_linear(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
 
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                     bias: torch.Tensor | None = None, temperature: float = 1.0, chunk_rows: int | None = None,
-                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    with_entropy: bool = False,
+                    entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probability of ``targets`` under ``softmax((hidden @ weight.T + bias) / temperature)``, and the entropy.
 
     Equal to ``logprobs_from_logits(F.linear(hidden, weight, bias), targets)`` (same fp32 upcast after the
@@ -182,8 +203,9 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     (2**26 logits elements, 256 MiB per fp32 buffer).
 
     Under an enabled autocast the inputs are cast to its dtype first, as autocast does for ``nn.Linear``.
-    Gradients flow to ``hidden``, ``weight`` and ``bias`` through ``logprobs`` only; the entropy is returned
-    without gradient, as in :func:`rlkit.ops.logprobs_from_logits`. Backward needs an fp32 [V,H] buffer for
+    Gradients flow to ``hidden``, ``weight`` and ``bias`` through ``logprobs``, and through the entropy too with
+    ``entropy_grad`` (for an entropy bonus: ``dH/dz = -p (log p + H)``, one more [c, V] buffer in backward, or one
+    more [R, H] precomputed gradient with a frozen head); otherwise the entropy has no gradient. Backward needs an fp32 [V,H] buffer for
     grad_weight when ``weight`` requires grad.
 
     Args:
@@ -194,8 +216,10 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
 
     Returns:
         logprobs: [R] fp32 (fp64 for fp64 inputs), with grad.
-        entropy: [R] same dtype, no grad; None unless ``with_entropy``.
+        entropy: [R] same dtype, with grad only with ``entropy_grad``; None unless ``with_entropy``.
     """
+    if entropy_grad and not with_entropy:
+        raise ValueError("entropy_grad needs with_entropy=True")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     hidden, weight, bias = _autocast_like_linear(hidden, weight, bias)
@@ -225,7 +249,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         raise ValueError(f"chunk_rows must be >= 1 or None, got {chunk_rows}")
     with torch.autocast(hidden.device.type, enabled=False):  # buffers and out= matmuls keep the input dtype
         logprobs, entropy = _LinearLogprob.apply(hidden, weight, bias, targets, float(temperature),  # [R], [R]|[0]
-                                                 int(chunk_rows), with_entropy)
+                                                 int(chunk_rows), with_entropy, bool(entropy_grad))
     return logprobs, (entropy if with_entropy else None)  # [R], [R] | None
 
 

@@ -152,7 +152,7 @@ class _SelectedLogprob(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, targets, temperature, chunk_rows, with_entropy):  # [R,V], [R]
+    def forward(ctx, logits, targets, temperature, chunk_rows, with_entropy, entropy_grad=False):  # [R,V], [R]
         dtype = torch.promote_types(logits.dtype, torch.float32)
         rows = logits.shape[0]
         logprobs = torch.empty(rows, dtype=dtype, device=logits.device)  # [R]
@@ -165,26 +165,30 @@ class _SelectedLogprob(torch.autograd.Function):
             if with_entropy:
                 p = torch.exp(z - lse[sl, None])  # [c,V]
                 entropy[sl] = lse[sl] - (p * z).sum(-1)  # [c]
-        ctx.save_for_backward(logits, targets, lse)
+        ctx.save_for_backward(logits, targets, lse, entropy if entropy_grad else None)
         ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
-        ctx.mark_non_differentiable(entropy)
+        if not entropy_grad:
+            ctx.mark_non_differentiable(entropy)
         return logprobs, entropy
 
     @staticmethod
-    def backward(ctx, grad_logprobs, grad_entropy):  # [R], ignored
-        logits, targets, lse = ctx.saved_tensors
+    def backward(ctx, grad_logprobs, grad_entropy):  # [R], [R] (used only with entropy_grad)
+        logits, targets, lse, entropy = ctx.saved_tensors
         grad = torch.empty_like(logits)  # [R,V], logits dtype
         for sl in _chunks(logits.shape[0], ctx.chunk_rows):
-            z = logits[sl].to(lse.dtype) / ctx.temperature  # [c,V]
-            g = -torch.exp(z - lse[sl, None])  # [c,V], -softmax
-            g.scatter_add_(-1, targets[sl, None], torch.ones_like(g[:, :1]))  # [c,V], + onehot(target)
-            grad[sl] = (g * (grad_logprobs[sl, None] / ctx.temperature)).to(grad.dtype)  # [c,V]
-        return grad, None, None, None, None
+            logp = logits[sl].to(lse.dtype) / ctx.temperature - lse[sl, None]  # [c,V], log softmax
+            p = torch.exp(logp)  # [c,V]
+            g = (-p).scatter_add_(-1, targets[sl, None], torch.ones_like(p[:, :1]))  # [c,V], onehot - p
+            g = g * grad_logprobs[sl, None]  # [c,V]
+            if entropy is not None:  # d H / d z = -p (log p + H)
+                g -= p * (logp + entropy[sl, None]) * grad_entropy[sl, None]  # [c,V]
+            grad[sl] = (g / ctx.temperature).to(grad.dtype)  # [c,V]
+        return grad, None, None, None, None, None
 
 
 def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
-                         with_entropy: bool = False,
-                         chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                         with_entropy: bool = False, chunk_rows: int | None = None,
+                         entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probability of ``targets`` under ``softmax(logits / temperature)``, and optionally the entropy.
 
     The ``n*T`` positions are processed ``chunk_rows`` at a time, each chunk upcast to fp32 (fp64 stays
@@ -193,8 +197,8 @@ def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, *, tempera
     recomputes the softmax chunk by chunk in backward). ``chunk_rows=None`` picks
     ``AUTO_CHUNK_ELEMENTS // V`` positions per chunk.
 
-    Gradients flow to ``logits`` through ``logprobs`` only; the entropy ``-Σ p log p`` is a metric /
-    selection signal and is returned without gradient.
+    Gradients flow to ``logits`` through ``logprobs``; the entropy ``-Σ p log p`` (a metric / selection signal)
+    has no gradient unless ``entropy_grad`` (an entropy bonus; ``dH/dz = -p (log p + H)``, same chunked memory).
 
     Args:
         logits: [n,T,V] any float dtype.
@@ -202,10 +206,12 @@ def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, *, tempera
 
     Returns:
         logprobs: [n,T] fp32 (fp64 for fp64 logits), with grad.
-        entropy: [n,T] same dtype, no grad; None unless ``with_entropy``.
+        entropy: [n,T] same dtype, with grad only with ``entropy_grad``; None unless ``with_entropy``.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if entropy_grad and not with_entropy:
+        raise ValueError("entropy_grad needs with_entropy=True")
     n, T, V = logits.shape
     if chunk_rows is None:
         chunk_rows = max(1, AUTO_CHUNK_ELEMENTS // V)
@@ -213,7 +219,7 @@ def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, *, tempera
         raise ValueError(f"chunk_rows must be >= 1 or None, got {chunk_rows}")
     flat = logits.reshape(n * T, V)  # [n*T,V], a view when logits are contiguous
     logprobs, entropy = _SelectedLogprob.apply(flat, targets.reshape(n * T), float(temperature),  # [n*T], [n*T]|[0]
-                                               int(chunk_rows), with_entropy)
+                                               int(chunk_rows), with_entropy, bool(entropy_grad))
     return logprobs.view(n, T), (entropy.view(n, T) if with_entropy else None)  # [n,T], [n,T] | None
 
 

@@ -72,12 +72,17 @@ class MicroBatch:
 
     batch: RolloutBatch            # the n rows (advantages, old/ref logprobs, token_weights ... are set)
     logprobs: torch.Tensor         # [n, T] current policy log-probs, with grad
-    entropy: torch.Tensor | None   # [n, T] current policy entropy (no grad), or None
+    entropy: torch.Tensor | None   # [n, T] current policy entropy (with grad only if a loss sets needs_entropy_grad)
     values: torch.Tensor | None = None  # [n, T] current critic values, with grad (critic runs only)
 
 
 class Loss(Plugin):
-    """Per-token surrogate: MicroBatch -> loss [n, T] (never reduced), metrics (token means)."""
+    """Per-token surrogate: MicroBatch -> loss [n, T] (never reduced), metrics (token means).
+
+    ``needs_entropy_grad = True`` makes the training forward return ``MicroBatch.entropy`` with its gradient
+    (one more [chunk, V] buffer in the chunked LM head's backward); otherwise the entropy is detached."""
+
+    needs_entropy_grad: bool = False
 
     def __call__(self, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError

@@ -63,6 +63,11 @@ class UpdateContext:
     max_tokens_per_micro: object = None  # train.max_tokens_per_micro: "auto" | int budget | None = micro_batch_size rows
     pack_sequences: bool = True              # resolved train.pack_sequences: one padding-free row per micro-batch
 
+    @property
+    def entropy_grad(self) -> bool:
+        """Some loss differentiates the entropy (``needs_entropy_grad``, e.g. the entropy bonus)."""
+        return any(getattr(loss, "needs_entropy_grad", False) for loss in self.losses)
+
 
 def minibatch_assignment(global_offset: int, local_n: int, global_n: int, mini_batches: int,
                          seed: int, step: int, epoch: int) -> torch.Tensor:
@@ -93,7 +98,7 @@ def _micro_step(ctx: UpdateContext, rows: RolloutBatch, coef: torch.Tensor, Z: f
         with acc.autocast():
             logprobs, entropy = response_logprobs(
                 ctx.model, rows, pad_id=ctx.pad_id, temperature=ctx.temperature, with_entropy=True,
-                chunk_tokens=ctx.logprob_chunk_tokens,
+                chunk_tokens=ctx.logprob_chunk_tokens, entropy_grad=ctx.entropy_grad,
                 packed=ctx.max_tokens_per_micro is not None and ctx.pack_sequences)      # [n, T], [n, T]
             values = ctx.critic.values(ctx.model, rows, pad_id=ctx.pad_id) if ctx.critic is not None else None
         rows = rows.to(device)
@@ -112,7 +117,7 @@ def _micro_step(ctx: UpdateContext, rows: RolloutBatch, coef: torch.Tensor, Z: f
     metric_sums["_loss"] = metric_sums.get("_loss", 0.0) + loss.item()
     metric_sums["_tokens"] = metric_sums.get("_tokens", 0.0) + float(weights.sum()) * scale
     ent_mask = rows.response_mask.float() * scale                                         # [n, T]
-    metric_sums["entropy"] = metric_sums.get("entropy", 0.0) + float((entropy.float() * ent_mask).sum())
+    metric_sums["entropy"] = metric_sums.get("entropy", 0.0) + float((entropy.detach().float() * ent_mask).sum())
     metric_sums["_ent_tokens"] = metric_sums.get("_ent_tokens", 0.0) + float(ent_mask.sum())
 
 

@@ -65,7 +65,8 @@ def test_builds_with_defaults_and_masks(kind, name):
         assert w.shape == mask.shape and torch.all(w[~mask] == 0) and w.min() >= 0 and w.max() <= 1
     elif kind == "loss":
         batch.advantages = (batch.rewards[:, None] - 0.5) * mask
-        micro = MicroBatch(batch=batch, logprobs=batch.old_logprobs.clone().requires_grad_(), entropy=batch.entropy,
+        entropy = batch.entropy.clone().requires_grad_() if plugin.needs_entropy_grad else batch.entropy  # as the trainer
+        micro = MicroBatch(batch=batch, logprobs=batch.old_logprobs.clone().requires_grad_(), entropy=entropy,
                            values=(batch.values + 0.1).requires_grad_())
         loss, metrics = plugin(micro)
         assert loss.shape == mask.shape and torch.all(loss[~mask] == 0)
