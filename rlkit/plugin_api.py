@@ -84,6 +84,11 @@ class Loss(Plugin):
 
     needs_entropy_grad: bool = False
 
+    def prepare(self, rows: "RolloutBatch", accelerator) -> None:
+        """Called once per optimizer step on every process with its rows of the mini-batch (advantages and
+        scoring-pass fields set), before the micro-batches: for statistics over the whole mini-batch (KL-Cov's
+        covariance threshold). May use collectives (``rlkit.dist``). Default: nothing."""
+
     def __call__(self, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 

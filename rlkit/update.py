@@ -164,6 +164,8 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch, step: int) -> dict[st
             coef, Z = _plan_local(ctx, rows)
             active = torch.nonzero(rows.token_weights.sum(-1) > 0).squeeze(-1)   # rows a selection dropped add 0
             rows, coef = rows.select(active), coef[active]                      # to loss and gradient: skip them
+            for loss_fn in ctx.losses:                                          # mini-batch statistics (collective)
+                loss_fn.prepare(rows, acc)
             groups = micro_batch_groups(rows, ctx.micro_batch_size, ctx.max_tokens_per_micro,
                                         ctx.pack_sequences)                     # row indices per micro-batch
             counts = gather_lists(acc, [max(1, len(groups))])

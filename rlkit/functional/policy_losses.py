@@ -91,3 +91,26 @@ def gspo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: to
     metrics = _ratio_metrics(torch.exp(token_log_ratio), token_log_ratio, (clipped > unclipped).detach(), mask)
     metrics["seq_ratio_mean"] = ops.masked_mean(s.detach(), mask)
     return loss, metrics
+
+
+def token_covariance(advantages: torch.Tensor, logprobs: torch.Tensor, mean_adv: float,
+                     mean_logprob: float) -> torch.Tensor:
+    """Per-token centred covariance ``(A_t - mean A)(logprobs_t - mean logprobs)`` [N,T] (Cui et al., arXiv
+    2505.22617, Eq. 4's summand); the means are over the mini-batch's trained tokens (given, e.g. global)."""
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages                   # [N,1] or [N,T]
+    return (adv - mean_adv) * (logprobs.detach() - mean_logprob)                          # [N,T]
+
+
+def kl_cov_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                selected: torch.Tensor, *, kl_coef: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """KL-Cov per-token loss [N,T]: ``-A r_t`` everywhere (no clipping), plus ``kl_coef * |log r_t|`` on the
+    ``selected`` [N,T] bool tokens (the top share by covariance); 0 where mask is False. Metrics: "kl_cov_frac"
+    (selected share of trained tokens), "ratio_mean", "approx_kl"."""
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages                   # [N,1] or [N,T]
+    mask = mask if mask.dtype == torch.bool else mask != 0                               # [N,T]
+    log_ratio = logprobs - old_logprobs                                                  # [N,T]
+    ratio = torch.exp(log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))                # [N,T]
+    loss = -adv * ratio + torch.where(selected, kl_coef * log_ratio.abs(), 0.0)          # [N,T]
+    metrics = _ratio_metrics(ratio.detach(), log_ratio.detach(), selected & mask, mask)
+    metrics["kl_cov_frac"] = metrics.pop("clip_frac")
+    return torch.where(mask, loss, 0.0), metrics

@@ -127,3 +127,60 @@ def test_validate_warns_when_the_aggregation_is_not_the_papers(loss, aggregation
         check_recipe(load_config(None, [], base=base), check_files=False)
     hits = [r.message for r in caplog.records if f"loss '{loss}' is defined with aggregation" in r.message]
     assert bool(hits) == warns, hits
+
+
+class _OneProcess:
+    num_processes, process_index = 1, 0
+
+
+def _kl_cov_batch(old, adv, mask):
+    from tests.unit.test_advantage_plugins import batch
+    b = batch([0.0] * old.shape[0], [0] * old.shape[0], T=old.shape[1])
+    b.response_mask, b.old_logprobs = mask, old
+    b.advantages = torch.where(mask, adv, 0.0)
+    return b
+
+
+def test_kl_cov_hand_numbers():
+    # trained tokens: A = 1, 1, -1 and log pi_old = -1, -3, -2: means 1/3 and -2; cov = 2/3, -2/3, 0.
+    # ratio 0.5 -> k = int(3 * 0.5) = 1: only the first token (cov 2/3) gets |log r|.
+    # current = old + (0.1, 0.2, 0.3): loss = -A e^d (+ 1.0 * 0.1 on the first); d loss / d logprobs = -A e^d + 1
+    mask = torch.tensor([[True, True], [True, False]])
+    old = torch.tensor([[-1.0, -3.0], [-2.0, 0.0]])
+    adv = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
+    b = _kl_cov_batch(old, adv, mask)
+    loss_fn = LOSSES.build("kl_cov", {"ratio": 0.5})
+    loss_fn.prepare(b, _OneProcess())
+    assert loss_fn.mean_adv == pytest.approx(1 / 3) and loss_fn.mean_logprob == pytest.approx(-2.0)
+    assert loss_fn.threshold == pytest.approx(2 / 3)
+    lp = (old + torch.tensor([[0.1, 0.2], [0.3, 0.0]])).requires_grad_()
+    loss, m = loss_fn(MicroBatch(batch=b, logprobs=lp, entropy=None))
+    e = math.exp
+    assert torch.allclose(loss, torch.tensor([[-e(0.1) + 0.1, -e(0.2)], [e(0.3), 0.0]]))
+    loss.sum().backward()
+    assert torch.allclose(lp.grad, torch.tensor([[-e(0.1) + 1.0, -e(0.2)], [e(0.3), 0.0]]))
+    assert float(m["kl_cov_frac"]) == pytest.approx(1 / 3)
+    assert loss_fn.requires == {"old_logprobs"}
+
+
+def test_kl_cov_selects_verls_top_covariance_tokens():
+    # verl compute_policy_loss_kl_cov's selection, written out independently: at the first optimizer step
+    # (current log-probs == old) its covariance over the valid tokens and top-k = max(1, int(n * ratio))
+    g = torch.Generator().manual_seed(4)
+    mask = torch.rand(8, 30, generator=g) > 0.25
+    old = -torch.rand(8, 30, generator=g) * 4
+    adv = torch.randn(8, generator=g)[:, None].expand(8, 30)
+    b = _kl_cov_batch(old, adv, mask)
+    loss_fn = LOSSES.build("kl_cov", {"ratio": 0.05})
+    loss_fn.prepare(b, _OneProcess())
+    lp = old.clone().requires_grad_()
+    a, l = adv[mask], old[mask]
+    cov = (a - a.mean()) * (l - l.mean())
+    k = max(1, int(len(cov) * 0.05))
+    want = torch.zeros(len(cov), dtype=torch.bool)
+    want[torch.topk(cov, k).indices] = True
+    cov_ours = (adv - loss_fn.mean_adv) * (old - loss_fn.mean_logprob)
+    got = (cov_ours >= loss_fn.threshold)[mask]
+    assert torch.equal(got, want) and int(got.sum()) == k
+    loss, _ = loss_fn(MicroBatch(batch=b, logprobs=lp, entropy=None))
+    torch.testing.assert_close(loss, torch.where(mask, -adv, 0.0))        # ratio 1, |log r| = 0
