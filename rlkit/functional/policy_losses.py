@@ -114,3 +114,26 @@ def kl_cov_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     metrics = _ratio_metrics(ratio.detach(), log_ratio.detach(), selected & mask, mask)
     metrics["kl_cov_frac"] = metrics.pop("clip_frac")
     return torch.where(mask, loss, 0.0), metrics
+
+
+def token_uniforms(response_ids: torch.Tensor, group_ids: torch.Tensor, mask: torch.Tensor, seed: int) -> torch.Tensor:
+    """A uniform in [0, 1) per token [N,T] that depends only on (seed, the completion's group and tokens, t): the
+    same value whatever the micro-batch layout or world size (identical completions share their values)."""
+    from rlkit.rollout.seeded_sampling import _hash32
+    T = response_ids.shape[1]
+    pos = torch.arange(T, device=response_ids.device)                                      # [T]
+    tok = _hash32(response_ids.long() * 0x9E3779B1 + pos * 0x85EBCA6B) * mask.long()       # [N,T]
+    row = _hash32(tok.sum(-1) + group_ids.long() * 0x27D4EB2F + seed * 0x165667B1)         # [N]
+    return _hash32(row[:, None] ^ _hash32(pos * 0x2545F491 + 1)[None, :]).double() / 4294967296.0  # [N,T]
+
+
+def clip_cov_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                  detached: torch.Tensor, *, eps_low: float = 0.2,
+                  eps_high: float = 0.2) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clip-Cov per-token loss [N,T]: PPO's clipped surrogate, with the ``detached`` [N,T] bool tokens (a random
+    share of the covariance band) contributing neither loss nor gradient; 0 where mask is False. Metrics:
+    "clip_cov_frac" (detached share of trained tokens), "clip_frac", "ratio_mean", "approx_kl"."""
+    from rlkit.functional import ppo_clip_loss
+    loss, metrics = ppo_clip_loss(logprobs, old_logprobs, advantages, mask, eps_low=eps_low, eps_high=eps_high)
+    metrics["clip_cov_frac"] = ops.masked_mean((detached & mask).float(), mask)
+    return torch.where(detached, 0.0, loss), metrics

@@ -184,3 +184,36 @@ def test_kl_cov_selects_verls_top_covariance_tokens():
     assert torch.equal(got, want) and int(got.sum()) == k
     loss, _ = loss_fn(MicroBatch(batch=b, logprobs=lp, entropy=None))
     torch.testing.assert_close(loss, torch.where(mask, -adv, 0.0))        # ratio 1, |log r| = 0
+
+
+def test_clip_cov_detaches_a_seeded_share_of_the_covariance_band():
+    # 4 completions x 6 tokens; advantages +-2 and spread log-probs put several tokens in the band (1, 5)
+    g = torch.Generator().manual_seed(5)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    mask[3, 4:] = False
+    old = -torch.rand(4, 6, generator=g) * 6
+    adv = torch.tensor([2.0, -2.0, 2.0, -2.0])[:, None].expand(4, 6)
+    b = _kl_cov_batch(old, adv, mask)
+    b.response_ids = torch.randint(5, 300, (4, 6), generator=g)
+    loss_fn = LOSSES.build("clip_cov", {"ratio": 0.1})
+    loss_fn.prepare(b, _OneProcess())
+    cov = (adv - loss_fn.mean_adv) * (old - loss_fn.mean_logprob)
+    band = (cov > 1.0) & (cov < 5.0) & mask
+    k = max(1, int(22 * 0.1))                                              # 22 trained tokens -> 2 detached
+    assert int(band.sum()) > k
+    lp = old.clone().requires_grad_()
+    loss, m = loss_fn(MicroBatch(batch=b, logprobs=lp, entropy=None))
+    detached = (loss == 0) & mask
+    assert int(detached.sum()) == k and bool((detached <= band).all())
+    assert float(m["clip_cov_frac"]) == pytest.approx(k / 22)
+    loss.sum().backward()
+    assert torch.all(lp.grad[detached] == 0) and torch.all(lp.grad[mask & ~detached] != 0)
+    # the draw depends on the completions, not on how the rows are split: the second half alone agrees
+    part = b.select(torch.tensor([2, 3]))
+    part_loss, _ = loss_fn(MicroBatch(batch=part, logprobs=old[2:].clone().requires_grad_(), entropy=None))
+    assert torch.equal(part_loss == 0, (loss == 0)[2:])
+    # and it is checkpointed: a fresh plug-in with the state draws the same tokens at its next step
+    again = LOSSES.build("clip_cov", {"ratio": 0.1})
+    again.load_state_dict({"calls": 0})
+    again.prepare(b, _OneProcess())
+    assert again.u_max == loss_fn.u_max
