@@ -5,6 +5,7 @@ Cases (all on this machine, rollout.engine=hf unless --engine is given):
   small       the ~12M-parameter `small` model, 32 prompts x 8 samples x up to 64 new tokens
 
 Usage: python benchmarks/step_time.py [--cases quickstart small] [--steps 6] [--json out.json]
+           [--losses ppo_clip gspo cispo clip_cov kl_cov]   # the small case once per policy loss
            [--model-dir DIR --size-label NAME]   # e.g. a >=0.5B model built from a local config on a GPU
 The first step is a warm-up and is excluded. Prints a table and writes JSON.
 """
@@ -75,6 +76,9 @@ def main() -> None:
     ap.add_argument("--engine", default="hf")
     ap.add_argument("--model-dir", default=None, help="benchmark this HF model dir with the 'small' case settings")
     ap.add_argument("--size-label", default="custom")
+    ap.add_argument("--losses", nargs="+", default=["ppo_clip"],
+                    help="policy losses to run the small case with (each with 2 mini-batches, so every loss has "
+                         "old log-probs); the table's train_vs_first column compares their training phase")
     ap.add_argument("--json", default=str(ROOT / "runs" / "bench" / "step_time.json"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rlkit-bench-"))
@@ -90,12 +94,20 @@ def main() -> None:
     if "small" in args.cases or args.model_dir:
         model = Path(args.model_dir) if args.model_dir else build_tiny_model(tmp / "small", size="small")
         label = args.size_label if args.model_dir else "small (12M)"
-        out = tmp / "small_run"
-        base = small_base(model, 64, micro_batch_size=32)
-        results.append(run_case(f"{label}: 32 prompts x 8 x 64 tok", None, base,
-                                _overrides(model, data, out, args.steps, engine), out))
-    header = ["case", "step_s", "generate_s", "reward_s", "score_s", "train_s", "other_s", "gen_tokens_per_s",
-              "completion_tokens_per_step"]
+        for loss in args.losses:
+            out = tmp / f"small_run_{loss}"
+            base = small_base(model, 64, micro_batch_size=32)
+            extra = [] if args.losses == ["ppo_clip"] else [f"losses=[{{name: {loss}}}]", "train.mini_batches=2"]
+            row = run_case(f"{label}: 32 prompts x 8 x 64 tok", None, base,
+                           _overrides(model, data, out, args.steps, engine + extra), out)
+            results.append(row | {"loss": loss})
+    first_train = next((r["train_s"] for r in results if "loss" in r), None)
+    for r in results:
+        r["train_vs_first"] = r["train_s"] / first_train if "loss" in r and first_train else float("nan")
+    header = ["case", "loss", "step_s", "generate_s", "reward_s", "score_s", "train_s", "train_vs_first", "other_s",
+              "gen_tokens_per_s", "completion_tokens_per_step"]
+    for r in results:
+        r.setdefault("loss", "-")
     print(" | ".join(header))
     for r in results:
         print(" | ".join(r[h] if isinstance(r[h], str) else f"{r[h]:.3f}" for h in header))
