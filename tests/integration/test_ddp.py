@@ -35,8 +35,13 @@ def _launch(recipe, procs: int, timeout: int = 600) -> None:
 # token-budget micro-batches (the default auto budget, padded; and packed): the processes form different numbers of
 # micro-batches (the one with fewer adds zero-weight backward calls) and the chunked LM head runs inside DDP's
 # forward; the result must not change
-@pytest.mark.parametrize("micro", [{}, {"max_tokens_per_micro": 30, "pack_sequences": True}], ids=["auto", "packed"])
+# kl_cov: its covariance means and top-k threshold are gathered over both processes (Loss.prepare), so the 2-process
+# run selects the same tokens as the 1-process one
+@pytest.mark.parametrize("micro", [{}, {"max_tokens_per_micro": 30, "pack_sequences": True}, {"losses": "kl_cov"}],
+                         ids=["auto", "packed", "kl_cov"])
 def test_two_processes_match_one(tiny_model_dir, arith_data, tmp_path, micro):
+    micro = dict(micro)
+    losses = [{"name": "kl_cov", "ratio": 0.05}] if micro.pop("losses", None) else None
     runs = {}
     for procs in (1, 2):
         out = tmp_path / f"p{procs}"
@@ -44,10 +49,14 @@ def test_two_processes_match_one(tiny_model_dir, arith_data, tmp_path, micro):
                           mini_batches=2, adam_eps=1e-4, **micro)  # adam_eps: see test_train_cpu.INVARIANCE
         cfg["rollout"]["n"] = 4
         cfg["aggregation"] = "seq_mean_token_sum"  # loss = -mean_i A_i * L_i: clearly non-zero, unlike token_mean
+        if losses:
+            cfg["losses"] = losses
         (tmp_path / f"r{procs}.yaml").write_text(yaml.safe_dump(cfg))
         _launch(tmp_path / f"r{procs}.yaml", procs)
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         steps = [r for r in rows if "loss/total" in r]
+        if losses:
+            assert all(r["loss/kl_cov_frac"] > 0 for r in steps)
         runs[procs] = ({k: [r[k] for r in steps] for k in ("loss/total", "reward/mean", "loss/entropy")},
                        load_file(str(out / "final/model.safetensors")))
     (m1, p1), (m2, p2) = runs[1], runs[2]
