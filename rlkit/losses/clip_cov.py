@@ -25,8 +25,8 @@ import torch
 
 from rlkit import functional as F
 from rlkit.batch import RolloutBatch
-from rlkit.dist import gather_lists, sum_over_processes
 from rlkit.functional.policy_losses import clip_cov_loss, token_covariance, token_uniforms
+from rlkit.losses.covariance import covariance_means, global_kth
 from rlkit.losses.mismatch import old_logprobs
 from rlkit.plugin_api import Loss, MicroBatch
 from rlkit.registry import LOSSES
@@ -63,18 +63,10 @@ class ClipCovLoss(Loss):
     def prepare(self, rows: RolloutBatch, accelerator) -> None:
         """Global means, then the largest uniform among the drawn band tokens (every process calls it)."""
         self.calls += 1
-        mask, adv, old = rows.response_mask, rows.advantages, rows.old_logprobs             # [n, T] each
-        adv = adv[:, None].expand_as(mask) if adv.dim() == 1 else adv                      # [n, T]
-        sums = sum_over_processes(accelerator, {"n": float(mask.sum()), "a": float(adv[mask].sum()),
-                                                "l": float(old[mask].sum())})
-        count = max(sums["n"], 1.0)
-        self.mean_adv, self.mean_logprob = sums["a"] / count, sums["l"] / count
-        u = self._band_uniforms(rows, old)
-        u = u[u < 2.0]                                                                      # [band tokens]
-        k = max(1, int(sums["n"] * self.ratio))
-        local = torch.topk(u, min(k, u.numel()), largest=False).values.tolist() if u.numel() else []
-        pooled = sorted(v for part in gather_lists(accelerator, local) for v in part)
-        self.u_max = pooled[min(k, len(pooled)) - 1] if pooled else -1.0
+        self.mean_adv, self.mean_logprob, n = covariance_means(rows, accelerator)
+        u = self._band_uniforms(rows, rows.old_logprobs)
+        kth = global_kth(u[u < 2.0], max(1, int(n * self.ratio)), accelerator, largest=False)  # band tokens
+        self.u_max = -1.0 if kth is None else kth
 
     def __call__(self, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         old = old_logprobs(micro, "clip_cov")                                               # [n, T]

@@ -24,8 +24,8 @@ import torch
 
 from rlkit import ops
 from rlkit.batch import RolloutBatch
-from rlkit.dist import gather_lists, sum_over_processes
 from rlkit.functional.policy_losses import kl_cov_loss, token_covariance
+from rlkit.losses.covariance import covariance_means, global_kth
 from rlkit.losses.mismatch import old_logprobs
 from rlkit.plugin_api import Loss, MicroBatch
 from rlkit.registry import LOSSES
@@ -46,17 +46,11 @@ class KLCovLoss(Loss):
 
     def prepare(self, rows: RolloutBatch, accelerator) -> None:
         """Global means and the covariance threshold of this mini-batch (every process calls it)."""
-        mask, adv, old = rows.response_mask, rows.advantages, rows.old_logprobs             # [n, T] each
-        adv = adv[:, None].expand_as(mask) if adv.dim() == 1 else adv                      # [n, T]
-        sums = sum_over_processes(accelerator, {"n": float(mask.sum()), "a": float(adv[mask].sum()),
-                                                "l": float(old[mask].sum())})
-        count = max(sums["n"], 1.0)
-        self.mean_adv, self.mean_logprob = sums["a"] / count, sums["l"] / count
-        cov = token_covariance(adv, old, self.mean_adv, self.mean_logprob)[mask]           # [tokens]
-        k = max(1, int(sums["n"] * self.ratio))
-        local = torch.topk(cov, min(k, cov.numel())).values.tolist() if cov.numel() else []
-        pooled = sorted((v for part in gather_lists(accelerator, local) for v in part), reverse=True)
-        self.threshold = pooled[min(k, len(pooled)) - 1] if pooled else float("inf")
+        self.mean_adv, self.mean_logprob, n = covariance_means(rows, accelerator)
+        cov = token_covariance(rows.advantages, rows.old_logprobs, self.mean_adv,
+                               self.mean_logprob)[rows.response_mask]                     # [tokens]
+        kth = global_kth(cov, max(1, int(n * self.ratio)), accelerator, largest=True)
+        self.threshold = float("inf") if kth is None else kth
 
     def __call__(self, micro: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         old = old_logprobs(micro, "kl_cov")                                                # [n, T]
