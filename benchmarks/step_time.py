@@ -5,7 +5,8 @@ Cases (all on this machine, rollout.engine=hf unless --engine is given):
   small       the ~12M-parameter `small` model, 32 prompts x 8 samples x up to 64 new tokens
 
 Usage: python benchmarks/step_time.py [--cases quickstart small] [--steps 6] [--json out.json]
-           [--losses ppo_clip gspo cispo clip_cov kl_cov]   # the small case once per policy loss
+           [--losses ppo_clip gspo cispo clip_cov kl_cov ppo_clip+entropy]   # the small case once per loss
+                                                      # ("a+b": both losses in one run)
            [--model-dir DIR --size-label NAME]   # e.g. a >=0.5B model built from a local config on a GPU
 The first step is a warm-up and is excluded. Prints a table and writes JSON.
 """
@@ -97,14 +98,20 @@ def main() -> None:
         for loss in args.losses:
             out = tmp / f"small_run_{loss}"
             base = small_base(model, 64, micro_batch_size=32)
-            extra = [] if args.losses == ["ppo_clip"] else [f"losses=[{{name: {loss}}}]", "train.mini_batches=2"]
+            names = ", ".join(f"{{name: {n}}}" for n in loss.split("+"))
+            extra = [] if args.losses == ["ppo_clip"] else [f"losses=[{names}]", "train.mini_batches=2"]
             row = run_case(f"{label}: 32 prompts x 8 x 64 tok", None, base,
                            _overrides(model, data, out, args.steps, engine + extra), out)
             results.append(row | {"loss": loss})
     first_train = next((r["train_s"] for r in results if "loss" in r), None)
     for r in results:
         r["train_vs_first"] = r["train_s"] / first_train if "loss" in r and first_train else float("nan")
-    header = ["case", "loss", "step_s", "generate_s", "reward_s", "score_s", "train_s", "train_vs_first", "other_s",
+        r["train_ms_per_token"] = 1e3 * r["train_s"] / max(r["completion_tokens_per_step"], 1e-9)
+    first_tok = next((r["train_ms_per_token"] for r in results if "loss" in r), None)
+    for r in results:  # completions grow or shrink differently under each loss: compare per trained token too
+        r["per_token_vs_first"] = r["train_ms_per_token"] / first_tok if "loss" in r and first_tok else float("nan")
+    header = ["case", "loss", "step_s", "generate_s", "reward_s", "score_s", "train_s", "train_vs_first",
+              "train_ms_per_token", "per_token_vs_first", "other_s",
               "gen_tokens_per_s", "completion_tokens_per_step"]
     for r in results:
         r.setdefault("loss", "-")
