@@ -51,6 +51,11 @@ class RolloutPool:
             out.index_add_(0, torch.tensor(self.prompt_index), torch.ones(len(self.prompt_index), dtype=torch.long))
         return out
 
+    def score(self, row: int) -> float:
+        """The verifier score of a row: its success signal, else its reward (NaN when neither exists)."""
+        s = self.success[row]
+        return s if s == s else self.rewards[row]
+
     def rows_of(self, prompt: int) -> list[int]:
         return [r for r, p in enumerate(self.prompt_index) if p == prompt]
 

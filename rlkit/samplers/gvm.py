@@ -9,16 +9,11 @@ score is the reward functions' success signal, else the reward); G_i = mean over
 ‖∇_θsub(−Σ_t log π(y_t|x, y_<t))‖₂ on the parameters whose name contains ``params`` (``embed_tokens``). The exact
 integer rounding, the p_i = 0 / G_i = 0 rules and the uniform fallback are ``rlkit.functional.gvm_allocation``.
 
-One step (this process's P prompts):
-
-1. round 0, the **probe**: ``probe_n`` completions for every prompt without a fresh estimate (none, or one older
-   than ``refresh_steps`` steps); the gradient norms of its accepted samples come from the current policy
-   (``SamplerTools.grad_norms``);
-2. round 1: ``n_i`` completions per prompt from ``gvm_allocation`` over all P prompts; prompts with n_i = 0 are not
-   trained this step, and n_i = 1 gives a singleton group (the estimator's singleton rule applies);
-3. the batch is round 1 (plus the probe samples with ``train_on_probe: true``).
-
-So groups have variable sizes; every advantage estimator handles them (tests/unit/test_variable_groups.py).
+One step (this process's P prompts): round 0, the **probe**, ``probe_n`` completions for every prompt without a
+fresh estimate (none, or one older than ``refresh_steps`` steps), gradient norms from the current policy
+(``SamplerTools.grad_norms``); round 1, ``n_i`` completions per prompt from ``gvm_allocation`` over all P prompts
+(n_i = 0: not trained this step; n_i = 1: a singleton group); the batch is round 1 (plus the probe with
+``train_on_probe: true``). Groups have variable sizes; every estimator handles them (tests/unit/test_variable_groups.py).
 
 rlkit choices (the reference runs GVM as EM iterations over fixed data chunks, outside the RL trainer):
     * Estimates are cached per dataset row (``PromptItem.index``) and reused for ``refresh_steps`` steps (default 1:
@@ -29,6 +24,10 @@ rlkit choices (the reference runs GVM as EM iterations over fixed data chunks, o
     * Unscorable probe samples count as not accepted. ``grad_samples`` caps the accepted samples whose gradient is
       taken per prompt (default all, as the reference).
     * The reference pads the batch to a multiple of the GPU count; rlkit's update takes unequal shares, so no padding.
+    * ``max_accept`` is the reference's ``filter_threshold`` (drop prompts with p_i > it; off in its released
+      scripts, and off by default here): GVM's objective is RAFT's, where a prompt whose probe was all accepted still
+      has a gradient; under GRPO its group is all-correct and trains on nothing, so ``max_accept: 0.99`` stops
+      spending the budget on it (benchmarks/sample_efficiency.py measures both).
 
 Metrics (``sampler/``): ``probe_rollouts``, ``probed_prompts``, ``probe_grad_s``, ``accept_rate`` (mean p_i),
 ``grad_norm`` (mean G_i over prompts with accepted samples), ``skipped_prompts`` (n_i = 0), ``alloc_max``,
@@ -38,6 +37,7 @@ Metrics (``sampler/``): ``probe_rollouts``, ``probed_prompts``, ``probe_grad_s``
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 import torch
@@ -45,12 +45,6 @@ import torch
 from rlkit.functional.gvm import gvm_allocation
 from rlkit.registry import SAMPLERS
 from rlkit.samplers import RolloutPool, Sampler
-
-
-def score_of(pool: RolloutPool, row: int) -> float:
-    """The verifier score of a row: its success signal, else its reward (NaN when neither exists)."""
-    s = pool.success[row]
-    return s if s == s else pool.rewards[row]
 
 
 @SAMPLERS.register("gvm")
@@ -61,23 +55,26 @@ class GVMSampler(Sampler):
 
     def __init__(self, probe_n: int = 8, budget_per_prompt: int | None = None, alpha: float = 1e-3,
                  beta: float = 2.0, correct_threshold: float = 0.5, params: str = "embed_tokens",
-                 refresh_steps: int = 1, train_on_probe: bool = False, grad_samples: int | None = None):
+                 refresh_steps: int = 1, train_on_probe: bool = False, grad_samples: int | None = None,
+                 max_accept: float | None = None):
         for name, value, low in (("probe_n", probe_n, 1), ("refresh_steps", refresh_steps, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"sampler.{name}={value!r} must be an integer >= {low}")
         for name, value in (("budget_per_prompt", budget_per_prompt), ("grad_samples", grad_samples)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"sampler.{name}={value!r} must be an integer >= 1 (or unset)")
+        if max_accept is not None and not (isinstance(max_accept, (int, float)) and 0 <= max_accept <= 1):
+            raise ValueError(f"sampler.max_accept={max_accept!r} must be a number in [0, 1] (drop prompts whose "
+                             "probe acceptance rate exceeds it), or unset")
         if not params:
             raise ValueError("sampler.params must name a parameter subset, e.g. 'embed_tokens'")
         gvm_allocation(torch.ones(1), torch.ones(1), 1, alpha=alpha, beta=beta)  # validates alpha / beta
         self.probe_n, self.budget, self.alpha, self.beta = probe_n, budget_per_prompt, alpha, beta
         self.threshold, self.params, self.refresh = correct_threshold, params, refresh_steps
-        self.train_on_probe, self.grad_samples = train_on_probe, grad_samples
+        self.train_on_probe, self.grad_samples, self.max_accept = train_on_probe, grad_samples, max_accept
         self.estimates: dict[int, tuple[float, float, int]] = {}  # dataset row -> (p_i, G_i, step probed)
         self._metrics: dict[str, float] = {}
 
-    # ------------------------------------------------------------------ protocol
     def allocate(self, prompts: list, group_size: int) -> list[int]:
         self._budget = len(prompts) * (self.budget or group_size)
         self._probed = [i for i, p in enumerate(prompts) if self._stale(p.index)]
@@ -103,7 +100,6 @@ class GVMSampler(Sampler):
     def step_metrics(self) -> dict[str, float]:
         return dict(self._metrics)
 
-    # ------------------------------------------------------------------ estimates
     def _stale(self, index: int) -> bool:
         est = self.estimates.get(index)
         return est is None or self.step - est[2] >= self.refresh
@@ -114,7 +110,7 @@ class GVMSampler(Sampler):
         for r, (p, k) in enumerate(zip(pool.prompt_index, pool.round_index)):
             if k == 0:
                 rows_of[p].append(r)
-        accepted = {i: [r for r in rows if score_of(pool, r) > self.threshold] for i, rows in rows_of.items()}
+        accepted = {i: [r for r in rows if pool.score(r) > self.threshold] for i, rows in rows_of.items()}
         wanted = [(i, r) for i, rows in accepted.items() for r in rows[:self.grad_samples]]
         if wanted and self.tools is None:
             raise RuntimeError("sampler 'gvm' needs the trainer's gradient probe; call Sampler.bind(SamplerTools(...)) "
@@ -136,23 +132,20 @@ class GVMSampler(Sampler):
 
     def _allocation(self, prompts: list) -> list[int]:
         p, g = zip(*[self.estimates[item.index][:2] for item in prompts])
+        if self.max_accept is not None:   # the reference's filter_threshold: a zero weight drops the prompt
+            g = tuple(0.0 if pi > self.max_accept else gi for pi, gi in zip(p, g))
         counts = gvm_allocation(torch.tensor(p), torch.tensor(g), self._budget, alpha=self.alpha,
                                 beta=self.beta).tolist()  # [P]
         kept = [c for c in counts if c > 0]
         self._metrics.update({
             "accept_rate": sum(p) / len(p),
-            "grad_norm": _mean([gi for pi, gi in zip(p, g) if pi > 0]),
+            "grad_norm": statistics.fmean(with_g) if (with_g := [gi for pi, gi in zip(p, g) if pi > 0]) else math.nan,
             "skipped_prompts": float(len(counts) - len(kept)),
             "alloc_max": float(max(kept, default=0)), "alloc_min": float(min(kept, default=0))})
         return counts
 
-    # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
         return {"estimates": {int(k): list(v) for k, v in self.estimates.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.estimates = {int(k): (float(v[0]), float(v[1]), int(v[2])) for k, v in state.get("estimates", {}).items()}
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan

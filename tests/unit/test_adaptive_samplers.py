@@ -80,6 +80,20 @@ def test_gvm_probe_then_allocation_by_hand():
     assert sampler.state_dict()["estimates"] == {7: [0.25, 2.0, 0], 8: [1.0, 1.0, 0], 9: [0.0, 0.0, 0]}
 
 
+def test_gvm_max_accept_drops_prompts_the_probe_solved():
+    # as above, with max_accept 0.99: prompt 1 accepted 4/4 (p = 1 > 0.99) -> weight 0 -> w = [4, 0, 0] -> [15, 0, 0]
+    sampler = SAMPLERS.build("gvm", {"probe_n": 4, "alpha": 0.0, "budget_per_prompt": 5, "max_accept": 0.99},
+                             group_size=4)
+    sampler.bind(fake_tools({7: 2.0, 8: 1.0, 9: 9.0}, []))
+    accept = {0: [1, 0, 0, 0], 1: [1, 1, 1, 1], 2: [0, 0, 0, 0]}
+    _, _, batch, asked = drive(sampler, items([7, 8, 9]), lambda p, k: float(accept[p][k]) if k < 4 else 1.0)
+    assert asked == [[4, 4, 4], [15, 0, 0]]
+    assert batch.dataset_index.tolist() == [7] * 15
+    assert sampler.step_metrics()["skipped_prompts"] == 2
+    with pytest.raises(ValueError, match="max_accept=1.5"):
+        SAMPLERS.build("gvm", {"max_accept": 1.5})
+
+
 def test_gvm_refresh_reuses_estimates_and_train_on_probe():
     calls: list = []
     sampler = SAMPLERS.build("gvm", {"probe_n": 2, "refresh_steps": 3, "train_on_probe": True}, group_size=2)
