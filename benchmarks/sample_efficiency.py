@@ -27,7 +27,7 @@ Measures (each over ``--seeds``, mean and [min, max]; one PNG per measure, all n
 and, from per-prompt traces (benchmarks/sampler_traces.py), where each sampler's rollouts went by prompt kind.
 
 Usage: python benchmarks/sample_efficiency.py [--samplers fixed vade] [--seeds 0 1 2] [--quick]
-           [--out runs/bench/sample_efficiency] [--set vade.candidates=4 ...]
+           [--out runs/bench/sample_efficiency] [--set vade.candidates=4 ...] [--kinds easy carry]
 """
 
 from __future__ import annotations
@@ -82,11 +82,15 @@ def _split(seed: int) -> dict[str, list[dict]]:
     return out
 
 
-def make_task(out: Path, teacher_error: float, seed: int = 0) -> dict[str, Path]:
-    """train / eval jsonl with a ``kind`` column, and the SFT file (every sum not held out, teacher answers)."""
+def make_task(out: Path, teacher_error: float, seed: int = 0, kinds: tuple[str, ...] = tuple(SIZES["train"])
+              ) -> dict[str, Path]:
+    """train / eval jsonl with a ``kind`` column (only ``kinds``), and the SFT file (every sum not held out, teacher
+    answers; the same whichever kinds are trained)."""
     pools = _split(seed)
     train_rows, eval_rows, sft_rows = [], [], []
     for kind, rows in pools.items():
+        if kind not in kinds:
+            continue
         n_eval, n_train = SIZES["eval"][kind], SIZES["train"][kind]
         eval_rows += rows[:n_eval]
         train_rows += rows[n_eval:n_eval + n_train]
@@ -162,6 +166,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--target-frac", type=float, default=0.75)
     ap.add_argument("--teacher-error", type=float, default=0.9)
     ap.add_argument("--sft-steps", type=int, default=600)
+    ap.add_argument("--kinds", nargs="+", default=list(SIZES["train"]), choices=list(SIZES["train"]),
+                    help="prompt kinds in train and eval (e.g. --kinds easy carry: no unlearnable part)")
     ap.add_argument("--set", nargs="*", default=[], help="SAMPLER.OPTION=VALUE, e.g. vade.candidates=4")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 6 steps of 16 prompts, 150 SFT steps")
     ap.add_argument("--out", type=Path, default=ROOT / "runs/bench/sample_efficiency")
@@ -175,7 +181,7 @@ def main() -> None:
     args = parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.disable(logging.WARNING)
-    paths = make_task(args.out / "data", args.teacher_error)
+    paths = make_task(args.out / "data", args.teacher_error, kinds=tuple(args.kinds))
     model = warm_start(args.out, paths, args.sft_steps)
     runs: dict[str, dict[int, dict]] = {s: {} for s in args.samplers}
     for sampler in args.samplers:
