@@ -126,7 +126,8 @@ def recipe(model: Path, paths: dict[str, Path], out: Path, sampler: str, seed: i
          "aggregation": "token_mean",
          "train": {"output_dir": str(out), "steps": args.steps, "prompts_per_step": args.prompts, "mini_batches": 2,
                    "micro_batch_size": 64, "lr": args.lr, "warmup_steps": 3, "eval_every": args.eval_every,
-                   "eval_at_start": True, "eval_at_end": True, "save_every": 0, "sample_every": 0, "seed": seed, "resume": "never"},
+                   "eval_at_start": True, "eval_at_end": True, "save_every": 0, "sample_every": 0, "seed": seed,
+                   "resume": "never"},
          "eval": {"max_prompts": 1000},
          "logging": {"tensorboard": False}}
     c.update(json.loads(json.dumps(SAMPLERS[sampler])))

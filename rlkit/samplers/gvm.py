@@ -13,7 +13,7 @@ One step (this process's P prompts): round 0, the **probe**, ``probe_n`` complet
 fresh estimate (none, or one older than ``refresh_steps`` steps), gradient norms from the current policy
 (``SamplerTools.grad_norms``); round 1, ``n_i`` completions per prompt from ``gvm_allocation`` over all P prompts
 (n_i = 0: not trained this step; n_i = 1: a singleton group); the batch is round 1 (plus the probe with
-``train_on_probe: true``). Groups have variable sizes; every estimator handles them (tests/unit/test_variable_groups.py).
+``train_on_probe: true``). Variable group sizes: every estimator handles them (tests/unit/test_variable_groups.py).
 
 rlkit choices (the reference runs GVM as EM iterations over fixed data chunks, outside the RL trainer):
     * Estimates are cached per dataset row (``PromptItem.index``) and reused for ``refresh_steps`` steps (default 1:
@@ -29,9 +29,8 @@ rlkit choices (the reference runs GVM as EM iterations over fixed data chunks, o
       has a gradient; under GRPO its group is all-correct and trains on nothing, so ``max_accept: 0.99`` stops
       spending the budget on it (benchmarks/sample_efficiency.py measures both).
 
-Metrics (``sampler/``): ``probe_rollouts``, ``probed_prompts``, ``probe_grad_s``, ``accept_rate`` (mean p_i),
-``grad_norm`` (mean G_i over prompts with accepted samples), ``skipped_prompts`` (n_i = 0), ``alloc_max``,
-``alloc_min`` (over prompts kept).
+Metrics (``sampler/``): ``probe_rollouts``, ``probed_prompts``, ``probe_grad_s``, ``accept_rate`` (mean p_i), ``grad_norm``
+(mean G_i where p_i > 0), ``skipped_prompts`` (n_i = 0), ``alloc_max``, ``alloc_min`` (over prompts kept).
 """
 
 from __future__ import annotations
