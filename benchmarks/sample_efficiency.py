@@ -33,6 +33,7 @@ Usage: python benchmarks/sample_efficiency.py [--samplers fixed vade] [--seeds 0
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -72,8 +73,8 @@ def _split(seed: int) -> dict[str, list[dict]]:
     prods = arithmetic.generate(20000, seed=seed + 1, difficulties=(2,), ops="*", b_digits=1)
     kinds: dict[str, dict[str, dict]] = {"easy": {}, "carry": {}, "product": {}}
     for row in sums + prods:
-        a, b = (int(x) for x in row["prompt"].rstrip("=").replace("*", "+").split("+"))
-        kind = "product" if "*" in row["prompt"] else ("carry" if a % 10 + b >= 10 else "easy")
+        a, op, b = arithmetic.parse_prompt(row["prompt"])
+        kind = "product" if op == "*" else ("carry" if a % 10 + b >= 10 else "easy")
         kinds[kind].setdefault(row["prompt"], row | {"kind": kind})
     rng = random.Random(seed)
     out = {k: list(v.values()) for k, v in kinds.items()}
@@ -130,13 +131,13 @@ def recipe(model: Path, paths: dict[str, Path], out: Path, sampler: str, seed: i
                    "resume": "never"},
          "eval": {"max_prompts": 1000},
          "logging": {"tensorboard": False}}
-    c.update(json.loads(json.dumps(SAMPLERS[sampler])))
-    for item in args.set:   # --set vade.candidates=4: a sampler option for one sampler's runs
-        key, value = item.split("=", 1)
-        name, option = key.split(".", 1)
-        if name == sampler:
-            c["sampler"][option] = json.loads(value) if value[:1] in "0123456789[{-tfn" else value
+    c.update(copy.deepcopy(SAMPLERS[sampler]))
     return c
+
+
+def overrides(sampler: str, settings: list[str]) -> list[str]:
+    """``--set vade.candidates=4`` -> ``sampler.candidates=4`` for that sampler's runs (rlkit's override syntax)."""
+    return [f"sampler.{item.split('.', 1)[1]}" for item in settings if item.split(".", 1)[0] == sampler]
 
 
 def curve(out: Path) -> dict[str, list[float]]:
@@ -192,7 +193,8 @@ def main() -> None:
             run_dir.mkdir(parents=True)
             sampler_traces.install(run_dir / "trace.jsonl")
             t0 = time.perf_counter()
-            train(load_config(None, [], base=recipe(model, paths, run_dir, sampler, seed, args)))
+            base = recipe(model, paths, run_dir, sampler, seed, args)
+            train(load_config(None, overrides(sampler, args.set), base=base))
             runs[sampler][seed] = curve(run_dir)
             print(f"{sampler} seed {seed}: {time.perf_counter() - t0:.0f} s, accuracy "
                   + " ".join(f"{a:.3f}" for a in runs[sampler][seed]["accuracy"]), flush=True)

@@ -51,32 +51,33 @@ def spread(values: list[float]) -> dict[str, float]:
 
 def build(runs: dict[str, dict[int, dict]], traces: dict[str, dict], target_frac: float) -> dict:
     """Every measure of every sampler (see module docstring), plus the curves and the traces' summaries."""
+    raw, runs = runs, {s: {k: smoothed(c) for k, c in seeds.items()} for s, seeds in runs.items()}  # measures: smoothed
     start = statistics.fmean(c["accuracy"][0] for seeds in runs.values() for c in seeds.values())
     ref = runs.get("fixed") or next(iter(runs.values()))
-    fixed_final = statistics.fmean(smoothed(c)["accuracy"][-1] for c in ref.values())
+    fixed_final = statistics.fmean(c["accuracy"][-1] for c in ref.values())
     target = start + target_frac * (fixed_final - start)
     equal_rollouts = min(c["rollouts"][-1] for seeds in runs.values() for c in seeds.values())
     equal_seconds = min(c["seconds"][-1] for seeds in runs.values() for c in seeds.values())
-    fixed_hits = [h for h in (reach(smoothed(c), target)[0] for c in ref.values()) if h == h]
+    fixed_hits = [h for h in (reach(c, target)[0] for c in ref.values()) if h == h]
     fixed_reach = statistics.fmean(fixed_hits) if fixed_hits else math.nan
     table = {}
     for sampler, seeds in runs.items():
-        hits = [reach(smoothed(c), target) for c in seeds.values()]
+        hits = [reach(c, target) for c in seeds.values()]
         table[sampler] = {
             "rollouts_to_target": spread([h[0] for h in hits]),
             "rollouts_vs_fixed": spread([h[0] / fixed_reach for h in hits]),
             "seconds_to_target": spread([h[1] for h in hits]),
             "steps_to_target": spread([h[2] for h in hits]),
-            "accuracy_at_equal_rollouts": spread([at(smoothed(c), "rollouts", equal_rollouts) for c in seeds.values()]),
-            "accuracy_at_equal_seconds": spread([at(smoothed(c), "seconds", equal_seconds) for c in seeds.values()]),
-            "final_accuracy": spread([smoothed(c)["accuracy"][-1] for c in seeds.values()]),
+            "accuracy_at_equal_rollouts": spread([at(c, "rollouts", equal_rollouts) for c in seeds.values()]),
+            "accuracy_at_equal_seconds": spread([at(c, "seconds", equal_seconds) for c in seeds.values()]),
+            "final_accuracy": spread([c["accuracy"][-1] for c in seeds.values()]),
             "rollouts_per_step": spread([c["rollouts"][-1] / max(c["step"][-1], 1) for c in seeds.values()]),
             "seconds_per_step": spread([c["seconds"][-1] / max(c["step"][-1], 1) for c in seeds.values()]),
             "zero_std_frac": spread([statistics.fmean(c["zero_std"]) for c in seeds.values() if c["zero_std"]]),
         }
     return {"start": start, "fixed_final": fixed_final, "target": target, "target_frac": target_frac,
             "equal_rollouts": equal_rollouts, "equal_seconds": equal_seconds, "table": table,
-            "traces": traces, "curves": {s: {str(k): c for k, c in seeds.items()} for s, seeds in runs.items()}}
+            "traces": traces, "curves": {s: {str(k): c for k, c in seeds.items()} for s, seeds in raw.items()}}
 
 
 def _fmt(s: dict, digits: int = 3) -> str:

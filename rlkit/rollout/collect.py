@@ -180,7 +180,7 @@ def build_batch(pool: RolloutPool, rows: list[int], group_ids: list[int], pad_id
     )
 
 
-def zero_signal_frac(group_ids: torch.Tensor, success: torch.Tensor, rewards: torch.Tensor) -> float:
+def zero_std_frac(group_ids: torch.Tensor, success: torch.Tensor, rewards: torch.Tensor) -> float:
     """Share of the groups (``group_ids`` [N]) whose success signal [N] -- the reward [N] where a group reports none --
     is constant (``informative``'s exact check; a group of one counts): their group-relative advantages are all 0.
     TRL logs the same quantity as ``frac_reward_zero_std``."""
@@ -202,7 +202,7 @@ def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:
         "reward/std": raw[ok].std().item() if ok.sum() > 1 else 0.0,
         "reward/success": succ.mean().item() if len(succ) else math.nan,
         "reward/unscorable_frac": (~ok).float().mean().item(),
-        "reward/zero_std_frac": zero_signal_frac(batch.group_ids, batch.success, raw),
+        "reward/zero_std_frac": zero_std_frac(batch.group_ids, batch.success, raw),
         "rollout/completions": float(len(batch)),
         "rollout/length_mean": lengths.mean().item(),
         "rollout/length_max": lengths.max().item(),

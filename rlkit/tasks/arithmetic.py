@@ -113,7 +113,7 @@ def forgetful_answer(a: int, op: str, b: int) -> str:
     return str(result)
 
 
-def _parse(prompt: str) -> tuple[int, str, int]:
+def parse_prompt(prompt: str) -> tuple[int, str, int]:
     body = prompt.rstrip("=")
     for i, ch in enumerate(body[1:], start=1):
         if ch in OPS:
@@ -127,7 +127,7 @@ def add_teacher_answers(rows: list[dict], error_rate: float, seed: int) -> list[
         raise ValueError(f"teacher_error must be in [0, 1], got {error_rate}")
     rng = random.Random(seed + 7919)
     for row in rows:
-        wrong = forgetful_answer(*_parse(row["prompt"]))
+        wrong = forgetful_answer(*parse_prompt(row["prompt"]))
         row["teacher_answer"] = wrong if (wrong != row["answer"] and rng.random() < error_rate) else row["answer"]
     return rows
 
