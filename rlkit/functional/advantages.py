@@ -60,7 +60,7 @@ import math
 import torch
 
 from rlkit import ops
-from rlkit.functional import check_choice, check_grouped
+from rlkit.functional.checks import check_choice, check_grouped
 
 BNPO_SINGLETONS = ("zero", "reference")
 BNPO_WEIGHT_CAP = 1e6  # w = clamp(1 / pdf, 0, cap), as the reference

@@ -57,7 +57,7 @@ from typing import NamedTuple
 import torch
 
 from rlkit import ops
-from rlkit.functional import check_grouped
+from rlkit.functional.checks import check_grouped
 
 MAX_AT_K_BASELINES = ("bon_mean", "loo1", "bon_max_mean", "bon_max_second", "loo", "none")
 

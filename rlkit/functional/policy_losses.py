@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 
 from rlkit import ops
-
-LOG_RATIO_CLAMP = 20.0
+from rlkit.functional.checks import LOG_RATIO_CLAMP
+from rlkit.functional.ppo import ppo_clip_loss
 
 
 def _ratio_metrics(ratio: torch.Tensor, log_ratio: torch.Tensor, clipped: torch.Tensor,
@@ -133,7 +133,6 @@ def clip_cov_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages
     """Clip-Cov per-token loss [N,T]: PPO's clipped surrogate, with the ``detached`` [N,T] bool tokens (a random
     share of the covariance band) contributing neither loss nor gradient; 0 where mask is False. Metrics:
     "clip_cov_frac" (detached share of trained tokens), "clip_frac", "ratio_mean", "approx_kl"."""
-    from rlkit.functional import ppo_clip_loss
     loss, metrics = ppo_clip_loss(logprobs, old_logprobs, advantages, mask, eps_low=eps_low, eps_high=eps_high)
     metrics["clip_cov_frac"] = ops.masked_mean((detached & mask).float(), mask)
     return torch.where(detached, 0.0, loss), metrics

@@ -38,7 +38,7 @@ import math
 import torch
 
 from rlkit import ops
-from rlkit.functional import check_choice, check_grouped
+from rlkit.functional.checks import check_choice, check_grouped
 
 D3S_MODES = ("cross", "intra")
 TIE_TOL = 1e-12  # candidate variances (of deviations scaled to [-1, 1]) this close to the best count as equal

@@ -54,7 +54,7 @@ import math
 
 import torch
 
-from rlkit.functional import check_choice
+from rlkit.functional.checks import check_choice
 
 VADE_SCORES = ("variance", "nondegenerate", "knapsack")
 
