@@ -28,7 +28,7 @@ from rlkit.modeling import check_model_source, load_causal_lm, load_tokenizer
 from rlkit.rewards import RewardManager, RewardSpec
 from rlkit.rollout import SamplingParams
 from rlkit.rollout.canary import make_probe
-from rlkit.samplers import SamplerTools
+from rlkit.samplers.base import SamplerTools
 
 log = logging.getLogger("rlkit")
 

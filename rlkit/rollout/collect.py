@@ -15,7 +15,7 @@ from rlkit.environments.runner import EpisodeMetrics, EpisodeRunner
 from rlkit.ops import right_pad
 from rlkit.reward_calls import RewardState
 from rlkit.rollout import FINISH_LENGTH, Completion, RolloutEngine, SamplingParams, completion_seed
-from rlkit.samplers import RolloutPool, Sampler
+from rlkit.samplers.base import RolloutPool, Sampler
 from rlkit.samplers.dynamic import informative
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 
 from rlkit.registry import SAMPLERS
-from rlkit.samplers import RolloutPool, Sampler
+from rlkit.samplers.base import RolloutPool, Sampler
 
 
 def informative(values: list[float], fallback: list[float]) -> bool:

@@ -6,7 +6,7 @@ Options: ``n`` overrides ``rollout.n`` for this sampler (default: use ``rollout.
 from __future__ import annotations
 
 from rlkit.registry import SAMPLERS
-from rlkit.samplers import Sampler
+from rlkit.samplers.base import Sampler
 
 
 @SAMPLERS.register("fixed")

@@ -43,7 +43,7 @@ import torch
 
 from rlkit.functional.gvm import gvm_allocation
 from rlkit.registry import SAMPLERS
-from rlkit.samplers import RolloutPool, Sampler
+from rlkit.samplers.base import RolloutPool, Sampler
 
 
 @SAMPLERS.register("gvm")

@@ -43,7 +43,7 @@ import torch
 from rlkit.functional.reinforce_ada import (reinforce_ada_exit, reinforce_ada_pool_stats, reinforce_ada_select,
                                             REINFORCE_ADA_RULES)
 from rlkit.registry import SAMPLERS
-from rlkit.samplers import RolloutPool, Sampler
+from rlkit.samplers.base import RolloutPool, Sampler
 
 
 @SAMPLERS.register("reinforce_ada")

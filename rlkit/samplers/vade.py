@@ -48,7 +48,7 @@ import torch
 
 from rlkit.functional.vade import VADE_SCORES, vade_decay, vade_posterior_stats, vade_scores, vade_update
 from rlkit.registry import SAMPLERS
-from rlkit.samplers import Sampler
+from rlkit.samplers.base import Sampler
 
 
 @SAMPLERS.register("vade")
