@@ -8,8 +8,8 @@ from typing import Any
 from rlkit.config import RecipeConfig
 from rlkit.environments.build import build_environment
 from rlkit.plugin_api import SCORING_FIELDS
-from rlkit.registry import (ADVANTAGES, AGGREGATIONS, ENGINES, LOSSES, OBJECTIVES, SAMPLERS, SELECTIONS,
-                            load_builtins)
+from rlkit.plugins import load_builtins
+from rlkit.registry import ADVANTAGES, AGGREGATIONS, ENGINES, LOSSES, OBJECTIVES, SAMPLERS, SELECTIONS
 
 
 @dataclass

@@ -92,7 +92,8 @@ def _print_memory_estimate(cfg, world: int, sharding: str, device_gib: float) ->
 
 
 def _cmd_list(args) -> int:
-    from rlkit.registry import REGISTRIES, load_builtins
+    from rlkit.plugins import load_builtins
+    from rlkit.registry import REGISTRIES
     load_builtins()
     kinds = [args.kind] if args.kind else sorted(REGISTRIES)
     for kind in kinds:
@@ -165,7 +166,7 @@ def _cmd_plot(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from rlkit.lora import export_merged
+    from rlkit.lora_export import export_merged
     out = export_merged(args.run_dir, args.output, checkpoint=args.checkpoint, base=args.base)
     print(f"wrote the merged model (base + LoRA adapter) to {out}; load it with "
           "AutoModelForCausalLM.from_pretrained")

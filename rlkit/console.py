@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from tqdm import tqdm
 
-from rlkit.tracking import _scalar
+from rlkit.tracking import as_scalar
 
 console = Console(stderr=False)
 
@@ -36,7 +36,7 @@ def truncate(text: str, max_chars: int = 80) -> str:
 def format_cell(value: Any, max_chars: int = 80) -> str:
     """Render a value for a table: floats with 4 significant digits, text truncated and escaped."""
     try:
-        value = _scalar(value)
+        value = as_scalar(value)
     except ValueError:
         pass
     if isinstance(value, float):
@@ -94,7 +94,7 @@ def _pick(metrics: Mapping[str, Any], candidates: Sequence[str]) -> float | None
     for key in candidates:
         if key in metrics:
             try:
-                value = _scalar(metrics[key])
+                value = as_scalar(metrics[key])
             except ValueError:
                 continue
             if isinstance(value, numbers.Real):

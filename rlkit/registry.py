@@ -168,7 +168,3 @@ REGISTRIES: dict[str, Registry] = {r.kind: r for r in
                                    (SAMPLERS, OBJECTIVES, ADVANTAGES, SELECTIONS, LOSSES, AGGREGATIONS, REWARDS,
                                     ENGINES, ENVIRONMENTS, TOOL_PARSERS)}
 
-
-def load_builtins() -> None:
-    """Import every built-in plug-in module so its ``register`` calls run."""
-    import rlkit.plugins  # noqa: F401  (imports all built-in plug-in packages)

@@ -42,7 +42,6 @@ import warnings
 from pathlib import Path
 from typing import IO, Any, Mapping, Sequence
 
-from rich.table import Table
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -56,7 +55,7 @@ RESERVED_KEYS = ("step", "time")
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _scalar(value: Any) -> Any:
+def as_scalar(value: Any) -> Any:
     """Unwrap 0-d/one-element tensors and numpy scalars/arrays into Python numbers; other values unchanged."""
     if hasattr(value, "numel") and hasattr(value, "item"):  # torch.Tensor, without importing torch here
         if value.numel() != 1:
@@ -77,7 +76,7 @@ def metric_value(key: str, value: Any) -> int | float | str | None:
     Raises ``TypeError`` naming the key when the value is not a scalar (a list, a multi-element tensor, ...).
     """
     try:
-        value = _scalar(value)
+        value = as_scalar(value)
     except ValueError as err:
         raise TypeError(
             f"metric {key!r} is a {err}; log a scalar instead (e.g. `.mean().item()`)"
@@ -120,7 +119,7 @@ def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The numeric metrics as floats, non-finite values kept (strings and None left out)."""
     out = {}
     for key, value in metrics.items():
-        value = _scalar(value)
+        value = as_scalar(value)
         if isinstance(value, numbers.Real):
             out[str(key)] = float(value)
     return out
@@ -311,15 +310,11 @@ class MetricsLogger:
         for run in self._tracker_runs:
             run.log(numeric, step=int(step))
 
-    def log_samples(
-        self, step: int, rows: Sequence[Mapping[str, Any]], *, max_chars: int = 80
-    ) -> Table | None:
-        """Append ``{"step": step, **row}`` per row to ``samples.jsonl`` and return a table of the rows.
-
-        Returns None when disabled, so ``print_table(logger.log_samples(...))`` is safe on every rank.
-        """
+    def log_samples(self, step: int, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Append ``{"step": step, **row}`` per row to ``samples.jsonl`` (nothing when disabled). Showing them is the
+        caller's (``rlkit.console.samples_table``): a file sink does not render."""
         if not self.enabled:
-            return None
+            return
         if self._samples_file is None:
             if self._metrics_file is None:
                 raise RuntimeError(f"MetricsLogger({str(self.run_dir)!r}) is closed; log before close()")
@@ -328,8 +323,6 @@ class MetricsLogger:
             fields = {k: v for k, v in jsonable(dict(row)).items() if k != "step"}
             self._samples_file.write(_json_line({"step": int(step), **fields}))
         self._samples_file.flush()
-        from rlkit.console import samples_table  # console imports this module
-        return samples_table(rows, title=f"samples at step {step}", max_chars=max_chars)
 
     def close(self) -> None:
         """Flush and close every sink (files, TensorBoard, tracker runs). Safe to call twice."""

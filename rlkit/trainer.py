@@ -26,7 +26,7 @@ from rlkit.rollout.prefetch import RolloutPrefetcher
 from rlkit.rollout import RolloutWorkerError
 from rlkit.rollout.collect import RolloutContext, collect_rollouts, rollout_metrics
 from rlkit.session import Session, build_session
-from rlkit.console import Progress, format_eval_table, print_table
+from rlkit.console import Progress, format_eval_table, print_table, samples_table
 from rlkit.run_logging import run_log
 from rlkit.tracking import MetricsLogger
 from rlkit.update import UpdateContext, policy_update
@@ -275,7 +275,10 @@ def _run(s: Session) -> dict[str, float]:
                 logger.log(step, metrics)
             progress.update(step, metrics)
             if t.sample_every and step % t.sample_every == 0 and acc.is_main_process:
-                print_table(logger.log_samples(step, _sample_rows(batch), max_chars=320 if batch.episodes else 80))
+                rows = _sample_rows(batch)
+                logger.log_samples(step, rows)
+                print_table(samples_table(rows, title=f"samples at step {step}",
+                                          max_chars=320 if batch.episodes else 80))
             if t.eval_every and step % t.eval_every == 0 and step < t.steps:
                 prefetch.wait()      # partial rollouts: nothing generates during an evaluation
                 _eval(s, step, logger, "during RL")

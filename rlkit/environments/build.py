@@ -7,7 +7,8 @@ from typing import Any
 
 from rlkit.environments.base import Environment
 from rlkit.environments.trl_adapter import ClassEnvironment
-from rlkit.registry import ENVIRONMENTS, PluginError, check_kwargs, load_builtins
+from rlkit.plugins import load_builtins
+from rlkit.registry import ENVIRONMENTS, PluginError, check_kwargs
 
 
 def build_environment(name: str, kwargs: dict[str, Any] | None = None) -> Environment:

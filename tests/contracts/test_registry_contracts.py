@@ -9,7 +9,8 @@ import torch
 from rlkit.batch import RolloutBatch
 from rlkit.data import PromptItem
 from rlkit.plugin_api import MicroBatch, Plugin
-from rlkit.registry import REGISTRIES, load_builtins
+from rlkit.plugins import load_builtins
+from rlkit.registry import REGISTRIES
 from rlkit.rewards import check_signature
 
 load_builtins()

@@ -7,7 +7,8 @@ import math
 
 import pytest
 from rlkit.config import load_config
-from rlkit.registry import SAMPLERS, load_builtins
+from rlkit.plugins import load_builtins
+from rlkit.registry import SAMPLERS
 from rlkit.trainer import train
 from tests.conftest import recipe_dict
 from tests.env_fixtures import tool_tiny_model

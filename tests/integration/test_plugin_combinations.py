@@ -15,7 +15,8 @@ import pytest
 
 from rlkit.build import build_plugins
 from rlkit.config import load_config
-from rlkit.registry import ADVANTAGES, AGGREGATIONS, OBJECTIVES, SAMPLERS, SELECTIONS, load_builtins
+from rlkit.plugins import load_builtins
+from rlkit.registry import ADVANTAGES, AGGREGATIONS, OBJECTIVES, SAMPLERS, SELECTIONS
 from rlkit.session import check_recipe
 from rlkit.trainer import train
 from tests.conftest import recipe_dict

@@ -12,7 +12,8 @@ import torch
 
 from rlkit import functional as F
 from rlkit.data import PromptItem
-from rlkit.registry import ADVANTAGES, SAMPLERS, load_builtins
+from rlkit.plugins import load_builtins
+from rlkit.registry import ADVANTAGES, SAMPLERS
 from rlkit.rollout import Completion
 from rlkit.rollout.collect import build_batch
 from rlkit.samplers import RolloutPool, SamplerTools

@@ -9,7 +9,8 @@ from rlkit.batch import RolloutBatch
 from rlkit.build import build_plugins
 from rlkit.config import load_config
 from rlkit.plugin_api import MicroBatch
-from rlkit.registry import ADVANTAGES, LOSSES, OBJECTIVES, PluginError, load_builtins
+from rlkit.plugins import load_builtins
+from rlkit.registry import ADVANTAGES, LOSSES, OBJECTIVES, PluginError
 
 load_builtins()
 

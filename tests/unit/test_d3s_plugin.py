@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rlkit.batch import RolloutBatch
-from rlkit.registry import SELECTIONS, load_builtins
+from rlkit.plugins import load_builtins
+from rlkit.registry import SELECTIONS
 
 load_builtins()
 

@@ -74,7 +74,8 @@ def test_errors_name_the_value():
 
 
 def test_plugin_plans_like_the_functional_core():
-    from rlkit.registry import AGGREGATIONS, load_builtins
+    from rlkit.plugins import load_builtins
+    from rlkit.registry import AGGREGATIONS
     load_builtins()
     plan = AGGREGATIONS.build("delta_l", {"alpha": 1.0, "normalize": "group"}).plan(
         torch.tensor([2, 8, 4, 4, 0]), torch.tensor([7, 7, 3, 3, 3]), 10)

@@ -4,7 +4,9 @@ which groups are kept, and the metrics."""
 import numpy as np
 import pytest
 
-from rlkit.registry import SAMPLERS, load_builtins
+from rlkit.plugins import load_builtins
+
+from rlkit.registry import SAMPLERS
 from rlkit.rollout import Completion
 from rlkit.samplers import RolloutPool
 from rlkit.samplers.dynamic import informative

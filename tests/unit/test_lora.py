@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from rlkit.config import ConfigError, ModelConfig, load_config
 from rlkit.forward import token_logprobs
-from rlkit.lora import AdapterDisabledReference, export_merged, merged_state, use_adapter_sync, vllm_max_lora_rank
+from rlkit.lora import AdapterDisabledReference, merged_state, use_adapter_sync, vllm_max_lora_rank
+from rlkit.lora_export import export_merged
 from rlkit.modeling import load_causal_lm
 from rlkit.rollout.weights import sync_state
 

@@ -4,7 +4,9 @@ import importlib.metadata
 
 import pytest
 
-from rlkit.registry import ADVANTAGES, REWARDS, PluginError, Registry, load_builtins
+from rlkit.plugins import load_builtins
+
+from rlkit.registry import ADVANTAGES, REWARDS, PluginError, Registry
 
 
 def test_module_attr_and_file(tmp_path):

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlkit import console as console_mod
-from rlkit.console import Progress, format_eval_table, print_table
+from rlkit.console import Progress, format_eval_table, print_table, samples_table
 from rlkit.tracking import MetricsLogger, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,14 +105,15 @@ def test_resumed_logger_drops_partial_line_and_appends(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
 
 
-def test_log_samples_writes_rows_and_returns_table(tmp_path):
+def test_log_samples_writes_rows_and_samples_table_renders_them(tmp_path):
     long_text = "[bold]x[/bold] " + "word " * 40
     rows = [
         {"prompt": long_text, "completion": "42", "reward": torch.tensor(1.0), "success": True, "advantage": 0.5},
         {"prompt": "2+2?", "completion": "5\nno", "reward": 0.0, "success": False, "advantage": float("nan")},
     ]
     with MetricsLogger(tmp_path, tensorboard=False) as logger:
-        table = logger.log_samples(7, rows)
+        logger.log_samples(7, rows)
+    table = samples_table(rows, title="samples at step 7", max_chars=80)   # the trainer renders what it logged
     written = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [r["step"] for r in written] == [7, 7]
     assert written[0]["reward"] == 1.0 and written[0]["success"] is True and written[0]["prompt"] == long_text

@@ -6,7 +6,8 @@ import torch
 
 from rlkit import functional as F
 from rlkit.batch import RolloutBatch
-from rlkit.registry import ADVANTAGES, OBJECTIVES, load_builtins
+from rlkit.plugins import load_builtins
+from rlkit.registry import ADVANTAGES, OBJECTIVES
 
 load_builtins()
 SIZES = [1, 2, 3, 5, 8]

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from rlkit import functional as F
 from rlkit.batch import RolloutBatch
 from rlkit.functional.max_at_k import MAX_AT_K_BASELINES
-from rlkit.registry import ADVANTAGES, OBJECTIVES, load_builtins
+from rlkit.plugins import load_builtins
+from rlkit.registry import ADVANTAGES, OBJECTIVES
 
 load_builtins()
 NAN = float("nan")
