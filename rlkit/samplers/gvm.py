@@ -13,7 +13,7 @@ One step (this process's P prompts): round 0, the **probe**, ``probe_n`` complet
 fresh estimate (none, or one older than ``refresh_steps`` steps), gradient norms from the current policy
 (``SamplerTools.grad_norms``); round 1, ``n_i`` completions per prompt from ``gvm_allocation`` over all P prompts
 (n_i = 0: not trained this step; n_i = 1: a singleton group); the batch is round 1 (plus the probe with
-``train_on_probe: true``). Variable group sizes: every estimator handles them (tests/unit/test_variable_groups.py).
+``train_on_probe: true``). Variable group sizes: every estimator handles them (tests/unit/advantages/).
 
 rlkit choices (the reference runs GVM as EM iterations over fixed data chunks, outside the RL trainer):
     * Estimates are cached per dataset row (``PromptItem.index``) and reused for ``refresh_steps`` steps (default 1:

@@ -1,6 +1,6 @@
 """rlkit.sandbox (killable worker processes with limits) and the built-in python tool.
 
-The helpers below are module-level so a worker can import them (``tests.unit.test_sandbox:fn`` or pickled by
+The helpers below are module-level so a worker can import them (``tests.unit.sandbox.test_sandbox:fn`` or pickled by
 reference; this module must not import torch, or every worker would). No timing assertions: timeouts are
 generous, and the tests check outcomes (which exception, whether a process is still alive).
 """
@@ -17,7 +17,7 @@ import pytest
 from rlkit.sandbox import (ProcessExecutor, SandboxCallError, SandboxCrash, SandboxError, SandboxLimits,
                            SandboxTimeout, ThreadExecutor, make_executor)
 
-HERE = "tests.unit.test_sandbox"
+HERE = "tests.unit.sandbox.test_sandbox"
 
 
 def add(a, b):

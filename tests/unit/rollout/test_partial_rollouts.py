@@ -11,7 +11,7 @@ import torch
 
 from rlkit.rollout.partial import PartialPrefetcher
 from rlkit.trainer import token_staleness
-from tests.unit.test_staleness import _batch
+from tests.unit.rollout.test_staleness import _batch
 
 
 def test_a_step_waits_only_for_its_own_batch_and_updates_run_in_order():

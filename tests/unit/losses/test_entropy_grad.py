@@ -69,7 +69,7 @@ def test_bf16_chunked_head_entropy_gradient_is_close():
 
 
 def test_entropy_loss_plugin():
-    from tests.unit.test_advantage_plugins import batch
+    from tests.unit.advantages.test_advantage_plugins import batch
     b = batch([1.0, 0.0], [0, 0], T=2)
     b.response_mask[1, 1] = False
     ent = torch.tensor([[0.5, 1.0], [2.0, 9.0]], requires_grad=True)

@@ -100,7 +100,7 @@ def test_gspo_token_level_matches_verl_formula():
 
 
 def test_plugins_use_the_batch_and_refuse_bad_options():
-    from tests.unit.test_advantage_plugins import batch
+    from tests.unit.advantages.test_advantage_plugins import batch
     b = batch([1.0, 0.0], [0, 0], T=2)
     b.advantages = torch.tensor([1.0, -1.0])
     lp = torch.tensor([[-1.0, -2.0], [-0.5, -1.5]], requires_grad=True)
@@ -134,7 +134,7 @@ class _OneProcess:
 
 
 def _kl_cov_batch(old, adv, mask):
-    from tests.unit.test_advantage_plugins import batch
+    from tests.unit.advantages.test_advantage_plugins import batch
     b = batch([0.0] * old.shape[0], [0] * old.shape[0], T=old.shape[1])
     b.response_mask, b.old_logprobs = mask, old
     b.advantages = torch.where(mask, adv, 0.0)

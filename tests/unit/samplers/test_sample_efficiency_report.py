@@ -1,4 +1,4 @@
-"""benchmarks/sample_efficiency_report.py and sampler_traces.py: the measures issue 18's tables are built from."""
+"""benchmarks/sample_efficiency_report.py and sampler_traces.py: the measures the README's sampler tables are built from."""
 
 import json
 import math
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
 import sample_efficiency_report as report  # noqa: E402
 import sampler_traces  # noqa: E402
 
