@@ -64,7 +64,8 @@ def make_engine(name: str, path: Path, model, tok):
 def run_case(engine, tok, episodes: int, latency: float, workers: int, max_new: int) -> dict:
     from rlkit.data import PromptItem
     from rlkit.environments.build import build_environment
-    from rlkit.environments.runner import EpisodeMetrics, EpisodeRunner
+    from rlkit.environments.episode import EpisodeMetrics
+    from rlkit.environments.runner import EpisodeRunner
     from rlkit.rollout import SamplingParams
     env = build_environment("tools", {"tools": [f"{Path(__file__).resolve()}:slow_multiply"], "max_turns": 2,
                                       "workers": workers, "tool_timeout_s": 60.0})

@@ -2,8 +2,21 @@
 
 Shapes: ``N`` completions (this process's share), ``T`` response tokens (padded width of this batch),
 ``K`` reward components. A multi-turn episode is one row: its response interleaves model tokens
-(``response_mask``) and environment tokens (``token_mask & ~response_mask``, attended to but never trained on). Masks are bool, True = include. Everything a plug-in adds (advantages,
+(``response_mask``) and environment tokens (``token_mask & ~response_mask``, attended to but never trained on).
+Masks are bool, True = include. Everything a plug-in adds (advantages,
 token_weights, old_logprobs, ...) is a field here, so plug-ins talk through one object.
+
+One name per meaning:
+
+* a prompt's identity: ``group_ids`` = the prompt's global index in this step (rows with one id are compared with
+  each other: a group); ``dataset_index`` = its dataset row (``PromptItem.index``), stable over steps and epochs,
+  which per-prompt sampler state (VADE's posteriors) is keyed by; ``rlkit.samplers.base.RolloutPool.prompt_index``
+  = a row's position among the prompts of one rollout phase, local to that phase and never in a batch.
+* rewards: ``raw_rewards`` = the weighted sum of the reward functions, as collected; ``rewards`` = what the
+  advantage estimator reads, the objective's transform of ``raw_rewards`` (the trainer sets it before scoring;
+  until then it is a copy of ``raw_rewards``).
+* masks are bool (True = include: ``response_mask``, ``token_mask``); weights are float in [0, 1]
+  (``token_weights``, what the loss multiplies by).
 """
 
 from __future__ import annotations
@@ -23,10 +36,10 @@ class RolloutBatch:
     rollout_logprobs: torch.Tensor       # [N, T] float, sampling log-probs from the engine (0 where masked)
     truncated: torch.Tensor              # [N] bool, finish reason "length"
     group_ids: torch.Tensor              # [N] long, global prompt index; a group never spans processes
-    rewards: torch.Tensor                # [N] float, weighted reward sum (after the objective transform)
+    rewards: torch.Tensor                # [N] float, objective(raw_rewards): what the estimator reads
     success: torch.Tensor                # [N] float: 1/0 success signal, NaN where no reward reports one
     reward_components: torch.Tensor      # [N, K] float, each reward function's raw value (NaN = failed/None)
-    raw_rewards: torch.Tensor | None = None   # [N] float, rewards before the objective transform
+    raw_rewards: torch.Tensor | None = None   # [N] float, weighted sum of the reward functions
     dataset_index: torch.Tensor | None = None  # [N] long, dataset row of the prompt (PromptItem.index; stable)
     pool_mean: torch.Tensor | None = None     # [N] float, baseline mean over all rows the sampler generated for
     pool_std: torch.Tensor | None = None      # [N] float  the prompt (Sampler.pool_stats; None = use the group)
@@ -45,7 +58,7 @@ class RolloutBatch:
                                                #   tokens an environment inserted (context only); None = response_mask
     token_versions: torch.Tensor | None = None  # [N, T] long, policy version that sampled each token (-1: not
                                                # sampled, padding; None: the engine samples from the live policy)
-    episodes: list[Any] = field(default_factory=list)  # N rlkit.environments.runner.EpisodeRecord (multi-turn only)
+    episodes: list[Any] = field(default_factory=list)  # N rlkit.environments.episode.EpisodeRecord (multi-turn only)
     extras: dict[str, Any] = field(default_factory=dict)  # plug-in specific data (documented by the plug-in)
 
     def __len__(self) -> int:

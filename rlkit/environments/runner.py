@@ -24,109 +24,14 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
-from typing import Any
 
-from rlkit.environments.base import Environment, Episode, ToolStats
+from rlkit.environments.base import Environment, ToolStats
+from rlkit.environments.episode import (LENGTH, STOP, EpisodeMetrics, EpisodeRecord, LiveEpisode, opening_messages,
+                                        turn_seed)
 from rlkit.environments.render import ChatRenderer
-from rlkit.rollout import FINISH_LENGTH, FINISH_STOP, Completion, SamplingParams, _mix32
+from rlkit.rollout import FINISH_LENGTH, FINISH_STOP, Completion, SamplingParams
 
-STOP, LENGTH, MAX_TURNS = "stop", "length", "max_turns"
 STALL_S = 600.0     # a tool executor that resolves nothing for this long is a bug: stop instead of hanging
-
-
-def turn_seed(seed: int, turn: int) -> int:
-    """Seed of turn ``turn`` of the episode whose completion seed is ``seed`` (turn 0 keeps ``seed``)."""
-    return seed if turn == 0 else _mix32(seed ^ (turn * 0x9E3779B1 + 0x7F4A7C15)) & 0x7FFFFFFF
-
-
-@dataclass
-class EpisodeRecord:
-    """What an episode was, for the canary, the rewards and the samples table."""
-
-    messages: list[dict[str, Any]]    # opening messages, then every assistant turn and inserted message
-    prompt_text: str                  # the rendered prompt
-    turns: int                        # model turns
-    stats: ToolStats
-    finish: str                       # STOP | LENGTH | MAX_TURNS
-    segments: list[tuple[bool, int]]  # runs of (is_model_token, count) after the prompt
-    env_reward: float | None = None
-
-    @property
-    def completion_messages(self) -> list[dict[str, Any]]:
-        """Every message after the opening ones (the model's turns and what was inserted between them)."""
-        first = next((i for i, m in enumerate(self.messages) if m["role"] == "assistant"), len(self.messages))
-        return self.messages[first:]
-
-    def transcript(self) -> str:
-        """The episode after its opening messages, one line per turn, inserted messages marked ``[tool name]``."""
-        lines = []
-        for m in self.completion_messages:
-            tag = "[model]" if m["role"] == "assistant" else f"[{m['role']} {m.get('name', '')}]".replace(" ]", "]")
-            lines.append(f"{tag} {m.get('content', '')}")
-        return "\n".join(lines) + ("" if self.finish == STOP else f"\n[{self.finish}]")
-
-    @property
-    def answer(self) -> str:
-        """The text of the last model turn (what the rewards score)."""
-        return next((m["content"] for m in reversed(self.messages) if m["role"] == "assistant"), "")
-
-
-@dataclass
-class _Live:
-    episode: Episode
-    seed: int
-    prompt_ids: list[int]
-    record: EpisodeRecord
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    mask: list[bool] = field(default_factory=list)
-    versions: list[int] = field(default_factory=list)   # policy version per token (-1: inserted or unknown)
-    stop_text: str = ""          # text of the token that ended the last model turn (e.g. "<|im_end|>")
-
-    def append(self, ids: list[int], logprobs: list[float] | None, model: bool,
-               versions: list[int] | None = None) -> None:
-        self.tokens += ids
-        self.versions += versions if versions is not None else [-1] * len(ids)
-        self.logprobs += logprobs if logprobs is not None else [0.0] * len(ids)
-        self.mask += [model] * len(ids)
-        if ids:
-            segs = self.record.segments
-            if segs and segs[-1][0] == model:
-                segs[-1] = (model, segs[-1][1] + len(ids))
-            else:
-                segs.append((model, len(ids)))
-
-
-@dataclass
-class EpisodeMetrics:
-    """Sums over one batch of episodes (the collector turns them into ``environment/*`` means)."""
-
-    episodes: int = 0
-    turns: int = 0
-    stats: ToolStats = field(default_factory=ToolStats)
-    model_tokens: int = 0
-    env_tokens: int = 0
-    generate_s: float = 0.0
-    environment_s: float = 0.0
-
-
-def opening_messages(raw_prompt: Any, extra: str | None) -> list[dict[str, Any]]:
-    """The dataset prompt as chat messages, with ``reset``'s text appended to the last user message."""
-    if isinstance(raw_prompt, str):
-        messages = [{"role": "user", "content": raw_prompt}]
-    elif isinstance(raw_prompt, list) and all(isinstance(m, dict) and "role" in m for m in raw_prompt):
-        messages = [dict(m) for m in raw_prompt]
-    else:
-        raise ValueError(f"environment prompt {raw_prompt!r:.80} is neither a string nor a list of chat messages")
-    if extra:
-        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
-        if not users:
-            raise ValueError("the environment's reset returned text to append to the last user message, but the "
-                             "prompt has no user message")
-        last = messages[users[-1]]
-        last["content"] = f"{last.get('content') or ''}\n\n{extra}" if last.get("content") else extra
-    return messages
 
 
 class EpisodeRunner:
@@ -136,20 +41,20 @@ class EpisodeRunner:
         self.env, self.tokenizer = env, tokenizer
         self.renderer = renderer or ChatRenderer(tokenizer, env.tool_schemas())
 
-    def _open(self, item, seed: int) -> _Live:
+    def _open(self, item, seed: int) -> LiveEpisode:
         episode = self.env.episode({**item.columns, "prompt": item.raw_prompt})
         messages = opening_messages(item.raw_prompt if item.raw_prompt is not None else item.prompt,
                                     episode.reset())
         text, ids = self.renderer.prompt(messages)
         record = EpisodeRecord(messages=messages, prompt_text=text, turns=0, stats=ToolStats(), finish=LENGTH,
                                segments=[])
-        return _Live(episode, seed, ids, record)
+        return LiveEpisode(episode, seed, ids, record)
 
-    def _room(self, live: _Live) -> int | None:
+    def _room(self, live: LiveEpisode) -> int | None:
         budget = self.env.max_total_tokens
         return None if budget is None else budget - len(live.prompt_ids) - len(live.tokens)
 
-    def _take_turn(self, live: _Live, comp: Completion) -> Future | None:
+    def _take_turn(self, live: LiveEpisode, comp: Completion) -> Future | None:
         """Append one model turn; a Future[Reply] when the environment must answer, None when the episode ended."""
         ids, lps, finish = list(comp.token_ids), list(comp.logprobs), comp.finish_reason
         versions = list(comp.token_versions) if comp.token_versions is not None else None
@@ -168,7 +73,7 @@ class EpisodeRunner:
         live.stop_text = self.tokenizer.decode(ids[-1:], skip_special_tokens=False)
         return live.episode.respond(content, self.env.max_turns - live.record.turns)
 
-    def _take_reply(self, live: _Live, fut: Future) -> bool:
+    def _take_reply(self, live: LiveEpisode, fut: Future) -> bool:
         """Apply the environment's reply; True when the episode continues with another model turn."""
         reply = fut.result()
         live.record.stats.add(reply.stats)
@@ -215,7 +120,7 @@ class EpisodeRunner:
         metrics.environment_s += time.perf_counter() - t0 - (metrics.generate_s - generate_before)
         return out
 
-    def _finish(self, live: _Live, metrics: EpisodeMetrics) -> Completion:
+    def _finish(self, live: LiveEpisode, metrics: EpisodeMetrics) -> Completion:
         rec = live.record
         try:
             rec.env_reward = live.episode.reward()

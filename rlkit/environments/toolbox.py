@@ -122,24 +122,21 @@ def _join(calls, slots, pending, stats: ToolStats, limit: int) -> Future:
     def finish() -> None:
         messages = []
         for call, (kind, text) in zip(calls, slots):
-            name = call.name if isinstance(call, ToolCall) else "invalid"
             stats.errors += kind == "error"
-            messages.append({"role": "tool", "name": name,
+            messages.append({"role": "tool", "name": call.name if isinstance(call, ToolCall) else "invalid",
                              "content": _result_text(text if kind == "ok" else f"Error: {text}", limit)})
         out.set_result((messages, stats))
 
     def done(i: int, started: float, fut: Future) -> None:
+        error = None
         try:
             slots[i] = ("ok", fut.result())
-        except SandboxTimeout as exc:
-            slots[i] = ("error", str(exc))
-            with lock:
-                stats.timeouts += 1
-        except SandboxError as exc:
-            slots[i] = ("error", str(exc))
+        except SandboxError as exc:   # a crash, a call error, or a SandboxTimeout (counted below)
+            slots[i], error = ("error", str(exc)), exc
         except Exception as exc:  # noqa: BLE001  (an executor bug must not hang the episode)
             slots[i] = ("error", f"{type(exc).__name__}: {exc}")
         with lock:
+            stats.timeouts += isinstance(error, SandboxTimeout)
             stats.seconds += time.perf_counter() - started
             left[0] -= 1
             last = left[0] == 0

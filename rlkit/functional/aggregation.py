@@ -60,7 +60,7 @@ AGGREGATION_MODES: dict[str, Callable[..., tuple[torch.Tensor, float]]] = {
     "seq_mean_token_mean": _plan_seq_mean_token_mean,
     "seq_mean_token_sum": _plan_seq_mean_token_sum,
     "seq_mean_token_sum_norm": _plan_seq_mean_token_sum_norm,
-    "delta_l": plan_delta_l,   # aggregate(loss, mask, "delta_l", max_len=M, alpha=0.75)
+    "delta_l": plan_delta_l,   # aggregate(loss, weights, "delta_l", max_len=M, alpha=0.75)
 }
 """mode -> plan function ``(lengths[N], *, max_len=None, **mode_kwargs) -> (coef[N], Z)``."""
 
@@ -86,18 +86,19 @@ def aggregation_plan(lengths: torch.Tensor, mode: str, *, max_len: int | None = 
     return plan_fn(lengths, max_len=max_len, **kwargs)  # [N], float
 
 
-def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, *, max_len: int | None = None,
+def aggregate(loss: torch.Tensor, weights: torch.Tensor, mode: str, *, max_len: int | None = None,
               **kwargs) -> torch.Tensor:
-    """Reduce per-token losses to one scalar: Σ_i coef_i Σ_t mask·ℓ / Z with the plan of ``mode``.
+    """Reduce per-token losses to one scalar: Σ_i coef_i Σ_t w·ℓ / Z with the plan of ``mode``.
 
     Args:
-        loss: [N,T] per-token loss.  mask: [N,T] bool, or float weights in [0, 1] (a token counts in the
-            lengths when its weight is > 0).  mode, max_len, **kwargs: as in ``aggregation_plan``.
+        loss: [N,T] per-token loss.  weights: [N,T] float in [0, 1] (``token_weights``; a bool mask reads as
+            1/0); a token counts in the lengths when its weight is > 0.  mode, max_len, **kwargs: as in
+            ``aggregation_plan``.
 
     Returns:
         [] scalar; exactly 0 for an all-masked batch.
     """
-    lengths = (mask > 0).sum(-1)  # [N]
+    lengths = (weights > 0).sum(-1)  # [N]
     coef, normalizer = aggregation_plan(lengths, mode, max_len=max_len, **kwargs)  # [N], float
-    per_seq = ops.masked_sum(loss, mask, dim=-1)  # [N]
+    per_seq = ops.masked_sum(loss, weights, dim=-1)  # [N]
     return (coef.to(per_seq.dtype) * per_seq).sum() / normalizer  # []

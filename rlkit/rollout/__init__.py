@@ -50,7 +50,7 @@ class Completion:
     extras: dict[str, Any] = field(default_factory=dict)
     model_mask: list[bool] | None = None  # per token: True = sampled by the policy (None = every token)
     prompt_ids: list[int] | None = None   # the episode's own prompt (None = the PromptItem's prompt_ids)
-    episode: Any = None                    # rlkit.environments.EpisodeRecord of a multi-turn episode, else None
+    episode: Any = None                    # rlkit.environments.episode.EpisodeRecord of a multi-turn episode, else None
     token_versions: list[int] | None = None  # per token: the policy version that sampled it (-1: inserted by the
                                              # environment; None: the engine samples from the live policy)
 

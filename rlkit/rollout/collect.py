@@ -11,7 +11,8 @@ import torch
 from rlkit.batch import RolloutBatch
 from rlkit.data import stack_columns
 from rlkit.environments.canary import check_drift, enforce
-from rlkit.environments.runner import EpisodeMetrics, EpisodeRunner
+from rlkit.environments.episode import EpisodeMetrics
+from rlkit.environments.runner import EpisodeRunner
 from rlkit.ops import right_pad
 from rlkit.reward_calls import RewardState
 from rlkit.rollout import FINISH_LENGTH, Completion, RolloutEngine, SamplingParams, completion_seed
@@ -51,6 +52,7 @@ def generate_and_score(ctx_engine: RolloutEngine, runner: EpisodeRunner | None, 
         name = runner.env.reward_name
         external = {name: [c.episode.env_reward for c in completions]} if name else None
     t1 = time.perf_counter()
+    # rewards see the model's own tokens only: an episode's tool outputs are context, not the policy's answer
     ids = [[t for t, m in zip(c.token_ids, c.model_mask or [True] * len(c.token_ids)) if m] for c in completions]
     result = rewards.score(prompt_texts, texts, stack_columns(prompts), completion_ids=ids,
                            **({"external": external} if external else {}),
@@ -60,8 +62,12 @@ def generate_and_score(ctx_engine: RolloutEngine, runner: EpisodeRunner | None, 
 
 def _run_round(ctx: RolloutContext, pool: RolloutPool, counts: list[int], group_ids: list[int], step: int,
                timing: dict[str, float], reward_stats: dict[str, float], episodes: EpisodeMetrics) -> int:
+    """One sampler round: ``counts[p]`` more completions of pool prompt p, generated, scored, appended to the pool;
+    returns how many were generated."""
     have = pool.counts().tolist()
     req_prompt, req_seeds = [], []
+    # a completion's seed depends on (run seed, step, global prompt id, its index within that prompt) only, so a
+    # later round continues the indices and the samples do not depend on batch layout, world size or resume
     for p, c in enumerate(counts):
         for j in range(c):
             req_prompt.append(p)
@@ -72,7 +78,7 @@ def _run_round(ctx: RolloutContext, pool: RolloutPool, counts: list[int], group_
     prompts = [pool.prompts[p] for p in req_prompt]
     completions, texts, result, reward_s = generate_and_score(ctx.engine, ctx.runner, ctx.rewards, ctx.tokenizer,
                                                               prompts, req_seeds, ctx.params, episodes, ctx.state)
-    timing["generate"] += time.perf_counter() - t0 - reward_s
+    timing["generate"] += time.perf_counter() - t0 - reward_s   # reward time is counted apart
     timing["reward"] += reward_s
     round_no = max(pool.round_index, default=-1) + 1
     pool.prompt_index += req_prompt
@@ -102,7 +108,7 @@ def collect_rollouts(ctx: RolloutContext, prompts: list, group_ids: list[int], s
         generated += _run_round(ctx, pool, counts, group_ids, step, timing, reward_stats, episodes)
         rounds += 1
         counts = ctx.sampler.next_round(pool)
-    rows = ctx.sampler.finalize(pool)
+    rows = ctx.sampler.finalize(pool)   # pool rows to train on (e.g. DAPO drops zero-variance groups)
     if not rows:
         raise RuntimeError("the sampler kept no completion for this step; nothing to train on")
     batch = build_batch(pool, rows, group_ids, pad_id, ctx.sampler.pool_stats(pool))

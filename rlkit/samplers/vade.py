@@ -100,11 +100,10 @@ class VADESampler(Sampler):
         order = torch.sort(-scores, stable=True).indices[:target]  # [target], ties -> candidate order
         chosen = set(order.tolist())
         mean, var = vade_posterior_stats(a, b)  # [C], [C]
-        pick = order  # [target]
         self._metrics = {"seen_frac": sum(i in self.posteriors for i in rows) / len(rows),
-                         "candidates_mean": mean.mean().item(), "chosen_mean": mean[pick].mean().item(),
-                         "chosen_draw": draws[pick].mean().item(), "chosen_score": scores[pick].mean().item(),
-                         "posterior_var": var[pick].mean().item()}
+                         "candidates_mean": mean.mean().item(), "chosen_mean": mean[order].mean().item(),
+                         "chosen_draw": draws[order].mean().item(), "chosen_score": scores[order].mean().item(),
+                         "posterior_var": var[order].mean().item()}
         return [group if i in chosen else 0 for i in range(len(prompts))]
 
     def step_metrics(self) -> dict[str, float]:
@@ -120,11 +119,9 @@ class VADESampler(Sampler):
                              "success from the reward function ({'reward': r, 'success': s}) or scale the reward")
         local = _evidence(batch.dataset_index[ok], signal[ok].double())  # [(row, successes, count)]
         merged: dict[int, list[float]] = {}
-        for part in (self.tools.gather(local) if self.tools else [local]):
-            for row, succ, count in part:
-                acc = merged.setdefault(row, [0.0, 0.0])
-                acc[0] += succ
-                acc[1] += count
+        for row, succ, count in (t for part in (self.tools.gather(local) if self.tools else [local]) for t in part):
+            acc = merged.setdefault(row, [0.0, 0.0])   # every process's outcomes for this row: [successes, count]
+            acc[0], acc[1] = acc[0] + succ, acc[1] + count
         uniq = torch.tensor(sorted(merged), dtype=torch.long)  # [U]
         succ = torch.tensor([merged[i][0] for i in uniq.tolist()], dtype=torch.float64)  # [U]
         total = torch.tensor([merged[i][1] for i in uniq.tolist()], dtype=torch.float64)  # [U]

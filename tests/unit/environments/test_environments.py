@@ -17,7 +17,8 @@ from rlkit.environments.build import build_environment
 from rlkit.environments.canary import TokenDriftError, check_drift, enforce
 from rlkit.environments.parsers import hermes
 from rlkit.environments.render import ChatRenderer, TemplateError
-from rlkit.environments.runner import EpisodeMetrics, EpisodeRunner, turn_seed
+from rlkit.environments.episode import EpisodeMetrics, turn_seed
+from rlkit.environments.runner import EpisodeRunner
 from rlkit.functional import aggregation_plan
 from rlkit.registry import PluginError
 from rlkit.rollout import FINISH_LENGTH, FINISH_STOP, Completion, SamplingParams
