@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 from rlkit.config import RecipeConfig
+from rlkit.plugins import load_builtins
+from rlkit.registry import SAMPLERS
 
 
 def batch_arithmetic(cfg: RecipeConfig, num_processes: int = 1) -> dict[str, object]:
@@ -17,7 +19,8 @@ def batch_arithmetic(cfg: RecipeConfig, num_processes: int = 1) -> dict[str, obj
     notes = []
     if P % W:
         notes.append(f"prompts_per_step={P} is not divisible by {W} processes: the run will refuse to start")
-    if cfg.sampler.name != "fixed":
+    load_builtins()
+    if not getattr(SAMPLERS.get(cfg.sampler.name), "fixed_group_size", False):
         notes.append(f"sampler '{cfg.sampler.name}' decides completions per prompt at run time; counts assume n={n}")
     return {
         "processes": W,

@@ -176,6 +176,20 @@ def _cmd_export(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlkit", description="RL post-training for LLMs on verifiable rewards")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_data_commands(sub)
+    _add_result_commands(sub)
+    from rlkit.rollout.launcher import add_parser as add_rollout_server
+    add_rollout_server(sub)
+    for command in sub.choices.values():
+        command.add_argument("-v", "--verbose", action="store_true",
+                             help="show every library's log records and progress bars on the console (by default "
+                             "only rlkit's messages and warnings; everything is in the run's run.log)")
+    return p
+
+
+def _add_run_commands(sub) -> None:
+    """train, validate, show, list."""
     t = sub.add_parser("train", help="run an RL recipe (also under `accelerate launch -m rlkit.cli train`)")
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.steps=20")
@@ -198,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list registered plug-ins")
     ls.add_argument("kind", nargs="?")
     ls.set_defaults(fn=_cmd_list)
+
+def _add_data_commands(sub) -> None:
+    """tiny-model, make-data, sft: what a run starts from."""
     tm = sub.add_parser("tiny-model", help="write a small random Qwen2/Llama model + local tokenizer")
     tm.add_argument("out_dir")
     tm.add_argument("--size", default="tiny", choices=["tiny", "small"])
@@ -238,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--tools", nargs="+", default=[], metavar="MODULE:FUNCTION",
                     help="functions whose schemas the chat template renders (with --messages-column)")
     sf.set_defaults(fn=_cmd_sft)
+
+def _add_result_commands(sub) -> None:
+    """eval, plot, export: what a run leaves."""
     ev = sub.add_parser("eval", help="n samples per held-out prompt: mean reward, pass@k and max@k for several k")
     ev.add_argument("source", help="recipe YAML, run directory, or checkpoint directory")
     ev.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the recipe")
@@ -261,13 +281,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'latest' or a checkpoint directory, instead of RUN_DIR/final")
     ex.add_argument("--base", default=None, help="base model (default: model.name_or_path of RUN_DIR/config.yaml)")
     ex.set_defaults(fn=_cmd_export)
-    from rlkit.rollout.launcher import add_parser as add_rollout_server
-    add_rollout_server(sub)
-    for command in sub.choices.values():
-        command.add_argument("-v", "--verbose", action="store_true",
-                             help="show every library's log records and progress bars on the console (by default "
-                             "only rlkit's messages and warnings; everything is in the run's run.log)")
-    return p
 
 
 def _sigterm_as_interrupt(signum, frame):  # schedulers (SLURM, k8s) stop jobs with SIGTERM

@@ -39,6 +39,8 @@ import torch
 
 from rlkit.config import RecipeConfig
 from rlkit.fused_logprob import FUSED_CHUNK_ELEMENTS
+from rlkit.plugins import load_builtins
+from rlkit.registry import ENGINES
 
 GIB = 2**30
 SHARDINGS = ("none", "fsdp2", "fsdp2_offload", "zero2", "zero3")
@@ -68,6 +70,42 @@ class Estimate:
     @property
     def peak_bytes(self) -> float:
         return max(self.train_bytes, self.rollout_bytes)
+
+    def add(self, name: str, nbytes: float, note: str, phase: str = "both") -> None:
+        """One component, counted in the training phase, the rollout phase or both."""
+        self.rows.append((name, nbytes, note))
+        if phase in ("both", "train"):
+            self.train_bytes += nbytes
+        if phase in ("both", "rollout"):
+            self.rollout_bytes += nbytes
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a sharding strategy divides the training state over ``world`` devices."""
+
+    world: int
+    b_w: int                # bytes per weight (model.dtype)
+    b_a: int                # bytes per activation (2 under bf16/fp16 autocast)
+    shard_params: int       # divisor of the weights (fsdp2, zero3: world)
+    shard_state: int        # divisor of gradients and optimizer state (fsdp2, zero2, zero3: world)
+    offload: bool           # fsdp2_offload: parameters and optimizer state live in CPU RAM
+    fp32_master: bool       # DeepSpeed under bf16/fp16: an fp32 master copy and fp32 moments
+
+    @property
+    def opt_per_param(self) -> int:
+        """AdamW bytes per trainable parameter (torch keeps both moments in the parameter dtype)."""
+        return 12 if self.fp32_master else 2 * self.b_w
+
+
+def layout(cfg: RecipeConfig, sharding: str, world: int) -> Layout:
+    """The :class:`Layout` of ``sharding`` (one of SHARDINGS) for ``cfg`` on ``world`` processes."""
+    t, b_w = cfg.train, _DTYPE_BYTES[cfg.model.dtype]
+    deepspeed_master = sharding.startswith("zero") and t.mixed_precision != "no"   # fp32 master + fp32 moments
+    return Layout(world=world, b_w=b_w, b_a=2 if t.mixed_precision in ("bf16", "fp16") else b_w,
+                  shard_params=world if sharding in ("fsdp2", "fsdp2_offload", "zero3") else 1,
+                  shard_state=world if sharding in ("fsdp2", "fsdp2_offload", "zero2", "zero3") else 1,
+                  offload=sharding == "fsdp2_offload", fp32_master=deepspeed_master)
 
 
 def model_shape(cfg: RecipeConfig) -> ModelShape:
@@ -114,90 +152,96 @@ def estimate_memory(cfg: RecipeConfig, shape: ModelShape, *, world: int = 1, sha
         raise ValueError(f"sharding '{sharding}' is not one of {', '.join(SHARDINGS)}")
     if world < 1:
         raise ValueError(f"world size must be >= 1, got {world}")
-    t, m, est = cfg.train, cfg.model, Estimate()
-    b_w = _DTYPE_BYTES[m.dtype]
-    b_a = 2 if t.mixed_precision in ("bf16", "fp16") else b_w
-    P = shape.params
-    T = shape.lora_params or P
-    offload = sharding == "fsdp2_offload"
-    shard_params = world if sharding in ("fsdp2", "fsdp2_offload", "zero3") else 1
-    shard_state = world if sharding in ("fsdp2", "fsdp2_offload", "zero2", "zero3") else 1
-    deepspeed_master = sharding.startswith("zero") and t.mixed_precision != "no"
-    opt_per_param = 12 if deepspeed_master else 2 * b_w
+    lay, est = layout(cfg, sharding, world), Estimate()
+    S = (prompt_tokens or cfg.data.max_prompt_tokens or DEFAULT_PROMPT_TOKENS) + cfg.rollout.max_new_tokens
+    _state_rows(est, cfg, shape, lay, needs_ref)
+    _activation_rows(est, cfg, shape, lay, S)
+    _engine_rows(est, cfg, shape, lay, S, device_gib)
+    P, T = shape.params, shape.lora_params or shape.params
+    if lay.offload:
+        ram = P * lay.b_w / lay.shard_params + T * (lay.b_w + lay.opt_per_param) / lay.shard_state
+        est.notes.append(f"CPU RAM per process for the offloaded state: {ram / GIB:.2f} GiB")
+    if needs_ref and not shape.lora_params and lay.shard_params > 1:
+        est.notes.append("the reference model is not sharded: with a large model use LoRA (reference = adapter "
+                         "disabled) or a KL-free recipe")
+    return est
 
-    def add(name: str, nbytes: float, note: str, phase: str = "both") -> None:
-        est.rows.append((name, nbytes, note))
-        if phase in ("both", "train"):
-            est.train_bytes += nbytes
-        if phase in ("both", "rollout"):
-            est.rollout_bytes += nbytes
 
+def _state_rows(est: Estimate, cfg: RecipeConfig, shape: ModelShape, lay: Layout, needs_ref: bool) -> None:
+    """Policy weights, gradients, AdamW state, the reference and the critic."""
+    P, T, b_w, world = shape.params, shape.lora_params or shape.params, lay.b_w, lay.world
     count = f"{P / 1e9:.3g}B" if P >= 1e9 else f"{P / 1e6:.3g}M"
-    where = "offloaded to CPU RAM" if offload else (f"sharded over {world}" if shard_params > 1 else "replicated")
-    add("policy weights", 0 if offload else P * b_w / shard_params, f"{count} params x {b_w} B, {where}")
+    where = "offloaded to CPU RAM" if lay.offload else (f"sharded over {world}" if lay.shard_params > 1
+                                                         else "replicated")
+    est.add("policy weights", 0 if lay.offload else P * b_w / lay.shard_params, f"{count} params x {b_w} B, {where}")
     what = f"LoRA: {T / 1e6:.3g}M trainable" if shape.lora_params else "full fine-tuning"
-    add("gradients", 0 if offload else T * b_w / shard_state, f"{what}; freed between steps", phase="train")
-    add("optimizer (AdamW)", 0 if offload else T * opt_per_param / shard_state,
-        f"{opt_per_param} B/trainable param" + (" (fp32 master + moments)" if deepspeed_master else "")
-        + (f", sharded over {world}" if shard_state > 1 else ""))
+    est.add("gradients", 0 if lay.offload else T * b_w / lay.shard_state, f"{what}; freed between steps",
+            phase="train")
+    est.add("optimizer (AdamW)", 0 if lay.offload else T * lay.opt_per_param / lay.shard_state,
+            f"{lay.opt_per_param} B/trainable param" + (" (fp32 master + moments)" if lay.fp32_master else "")
+            + (f", sharded over {world}" if lay.shard_state > 1 else ""))
     if needs_ref:
         if shape.lora_params:
-            add("reference model", 0, "the policy with its adapter disabled (no second model)")
+            est.add("reference model", 0, "the policy with its adapter disabled (no second model)")
         else:
-            add("reference model", P * b_w, "frozen copy, unsharded on every device")
+            est.add("reference model", P * b_w, "frozen copy, unsharded on every device")
     if cfg.critic is not None:
         if cfg.critic.shared_backbone:
-            add("critic", (shape.hidden + 1) * b_w * 4, "value head on the policy's backbone")
+            est.add("critic", (shape.hidden + 1) * b_w * 4, "value head on the policy's backbone")
         else:
             C = P - shape.vocab * shape.hidden                           # the backbone without the LM head
-            add("critic", 0 if offload else C * b_w / shard_params + C * (b_w + opt_per_param) / shard_state,
-                "separate backbone + head: weights, grads, AdamW")
-    S = (prompt_tokens or cfg.data.max_prompt_tokens or DEFAULT_PROMPT_TOKENS) + cfg.rollout.max_new_tokens
+            est.add("critic", 0 if lay.offload else C * b_w / lay.shard_params
+                    + C * (b_w + lay.opt_per_param) / lay.shard_state, "separate backbone + head: weights, grads, AdamW")
+
+
+def _activation_rows(est: Estimate, cfg: RecipeConfig, shape: ModelShape, lay: Layout, S: int) -> None:
+    """One micro-batch's saved activations and the log-prob head's logits (chunked or full)."""
+    t, b_a = cfg.train, lay.b_a
     budget = t.max_tokens_per_micro                                  # "auto" = micro_batch_size x the longest row
     tokens = budget if isinstance(budget, int) else t.micro_batch_size * S
     L, H, I, V = shape.layers, shape.hidden, shape.intermediate, shape.vocab
-    if m.gradient_checkpointing:
+    if cfg.model.gradient_checkpointing:
         act = tokens * L * H * b_a + tokens * (8 * H + 4 * I) * b_a
         act_note = f"{tokens} tokens/micro-batch, gradient checkpointing (layer inputs + one layer)"
     else:
         act = tokens * L * (8 * H + 4 * I) * b_a
         act_note = f"{tokens} tokens/micro-batch, no gradient checkpointing"
-    add("activations", act, act_note, phase="train")
+    est.add("activations", act, act_note, phase="train")
     chunk = t.logprob_chunk_tokens
     if chunk == "auto":
         chunk = max(1, FUSED_CHUNK_ELEMENTS // V)                        # as rlkit/fused_logprob.py resolves it
     logit_tokens = min(chunk, tokens) if chunk else tokens
-    add("logits / log-probs", logit_tokens * V * 12,
-        f"chunks of {chunk} tokens" if chunk else "full [tokens, V] fp32 logits", phase="train")
+    est.add("logits / log-probs", logit_tokens * V * 12,
+            f"chunks of {chunk} tokens" if chunk else "full [tokens, V] fp32 logits", phase="train")
+
+
+def _engine_rows(est: Estimate, cfg: RecipeConfig, shape: ModelShape, lay: Layout, S: int,
+                 device_gib: float) -> None:
+    """What the rollout engine holds on the device, from the memory the engine declares (``device_memory``)."""
+    load_builtins()
     engine = cfg.rollout.engine
-    per_proc = cfg.train.prompts_per_step * cfg.rollout.n / world
-    b_kv = _DTYPE_BYTES.get(engine.kwargs.get("dtype", "auto"), b_w)     # "auto" = the policy's dtype
-    kv_per_token = 2 * L * shape.kv_heads * shape.head_dim * b_kv
+    per_proc = cfg.train.prompts_per_step * cfg.rollout.n / lay.world
+    b_kv = _DTYPE_BYTES.get(engine.kwargs.get("dtype", "auto"), lay.b_w)     # "auto" = the policy's dtype
+    kv_per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * b_kv
     kv_all = per_proc * S * kv_per_token
-    if engine.name in ("vllm", "auto"):       # auto = vLLM wherever it is installed (GPU machines)
+    held = getattr(ENGINES.get(engine.name), "device_memory", "none")
+    if held == "reserved_fraction":
         frac = float(engine.kwargs.get("gpu_memory_utilization", 0.3))
         reserve = frac * device_gib * GIB
-        add("vLLM engine", reserve, f"gpu_memory_utilization {frac} x {device_gib:g} GiB (weights + KV cache); "
-            "sleeps while the policy trains", phase="rollout")
-        kv_budget = reserve - P * b_kv
+        est.add("vLLM engine", reserve, f"gpu_memory_utilization {frac} x {device_gib:g} GiB (weights + KV cache); "
+                "sleeps while the policy trains", phase="rollout")
+        kv_budget = reserve - shape.params * b_kv
         est.notes.append(f"KV cache for one step's {per_proc:g} completions per device: {kv_all / GIB:.2f} GiB "
                          f"({kv_per_token / 1024:.1f} KiB/token x {S} tokens); the engine's budget after its "
                          f"weights is {max(kv_budget, 0) / GIB:.2f} GiB"
                          + (" -- too small: vLLM will preempt and recompute; raise "
                             "rollout.engine.gpu_memory_utilization" if kv_all > kv_budget else ""))
-    elif engine.name == "hf":
+    elif held == "generation_kv":
         batch = int(engine.kwargs.get("batch_size", 64))
-        add("generation KV cache (hf)", min(batch, per_proc) * S * kv_per_token, f"{batch} sequences at a time",
-            phase="rollout")
+        est.add("generation KV cache (hf)", min(batch, per_proc) * S * kv_per_token, f"{batch} sequences at a time",
+                phase="rollout")
     else:
         est.notes.append(f"rollout.engine '{engine.name}' generates on other devices: no engine memory here")
-    if offload:
-        est.notes.append(f"CPU RAM per process for the offloaded state: "
-                         f"{(P * b_w / shard_params + T * (b_w + opt_per_param) / shard_state) / GIB:.2f} GiB")
-    if needs_ref and not shape.lora_params and shard_params > 1:
-        est.notes.append("the reference model is not sharded: with a large model use LoRA (reference = adapter "
-                         "disabled) or a KL-free recipe")
-    return est
 
 
 def format_estimate(est: Estimate, *, world: int, sharding: str, device_gib: float):

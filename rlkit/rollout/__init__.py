@@ -76,6 +76,10 @@ class RolloutEngine(Plugin):
     owns_weights: bool = False     # True: samples from its own copy (can generate while the policy trains)
     releases_memory: bool = False  # True: release() frees memory, so it cannot generate during training
     syncs_while_generating: bool = False  # True: sync_weights may run while generate runs in another thread
+    #: what the engine holds on the training device, for ``rlkit estimate-memory``: "reserved_fraction" (vLLM:
+    #: gpu_memory_utilization of the device), "generation_kv" (a KV cache of ``batch_size`` sequences, e.g. hf
+    #: generate), "none" (it generates on other devices, e.g. a vLLM server fleet)
+    device_memory: str = "none"
     version: int = 0               # policy version held: syncs so far (a resume sets it to the checkpoint's step
                                    # minus one before its sync); the numbering of Completion.token_versions
     precision: Any = None          # torch dtype the engine computes in, when it differs from the policy's

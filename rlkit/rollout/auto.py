@@ -23,3 +23,6 @@ def auto_engine(model, tokenizer, accelerator=None, model_path: str | None = Non
     log.info("rollout.engine=auto -> %s", name)
     return ENGINES.build(name, {}, model=model, tokenizer=tokenizer, accelerator=accelerator,
                          model_path=model_path, max_len=max_len, seed=seed, lora=lora)
+
+
+auto_engine.device_memory = "reserved_fraction"   # estimated as vLLM: it is installed wherever a GPU is

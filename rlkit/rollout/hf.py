@@ -31,6 +31,8 @@ class HFEngine(RolloutEngine):
     layers on every rank, so all ranks step until the longest completion anywhere ends. This needs every rank to
     make the same number of ``generate`` calls, which holds for equal per-rank prompt counts; for speed use vLLM."""
 
+    device_memory = "generation_kv"   # the KV cache of batch_size sequences at a time
+
     def __init__(self, model, tokenizer, batch_size: int = 256):
         if batch_size < 1:
             raise ValueError(f"rollout.engine.batch_size must be >= 1, got {batch_size}")

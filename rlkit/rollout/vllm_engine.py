@@ -62,6 +62,8 @@ def _import_vllm():
 class VLLMEngine(RolloutEngine):
     """vLLM engine inside the training process; in-place bucketed weight reload."""
 
+    device_memory = "reserved_fraction"   # gpu_memory_utilization x the device, weights + KV cache
+
     def __init__(self, model, tokenizer, model_path: str, accelerator=None, max_len: int = 256,
                  dtype: str = "auto", gpu_memory_utilization: float = 0.3, kv_cache_gib: float = 1.0,
                  max_model_len: int | None = None, enable_sleep_mode: bool | None = None,

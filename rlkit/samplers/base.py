@@ -84,6 +84,9 @@ class Sampler(Plugin):
     #: True when the sampler reads the live policy while choosing (GVM's gradient probe): it cannot run in the
     #: background generation of rollout.max_staleness > 0, while the optimizer updates that policy.
     reads_policy: bool = False
+    #: True when every prompt gets exactly rollout.n completions in one round (the batch size is known before the
+    #: run: ``rlkit show``'s arithmetic is exact only then).
+    fixed_group_size: bool = False
     tools: SamplerTools | None = None
     step: int = 0
 

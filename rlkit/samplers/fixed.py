@@ -13,6 +13,8 @@ from rlkit.samplers.base import Sampler
 class FixedSampler(Sampler):
     """The same number of completions for every prompt, one round, everything kept."""
 
+    fixed_group_size = True
+
     def __init__(self, n: int | None = None):
         if n is not None and n < 1:
             raise ValueError(f"sampler.n must be >= 1, got {n}")
