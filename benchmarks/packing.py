@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 from rlkit import ops  # noqa: E402
 from rlkit.batch import RolloutBatch  # noqa: E402
-from rlkit.forward import micro_batch_groups, response_logprobs  # noqa: E402
+from rlkit.forward import ForwardSpec, micro_batch_groups, response_logprobs  # noqa: E402
 
 
 def make_model(hidden: int, layers: int, max_len: int, vocab: int = 320):
@@ -84,7 +84,9 @@ def training_pass(model, batch: RolloutBatch, groups: list[torch.Tensor], packed
     t0 = time.perf_counter()
     for idx in groups:
         rows = batch.select(idx)
-        logprobs, _ = response_logprobs(model, rows, pad_id=0, with_entropy=True, packed=packed)  # [n, T]
+        spec = ForwardSpec(pad_id=0, max_tokens_per_micro="auto" if packed else None,
+                           pack_sequences=packed)   # this micro-batch as one packed row, or right-padded rows
+        logprobs, _ = response_logprobs(model, rows, spec, with_entropy=True)  # [n, T]
         (-(logprobs * rows.response_mask).sum() / tokens).backward()
     return time.perf_counter() - t0
 

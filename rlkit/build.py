@@ -14,6 +14,9 @@ from rlkit.registry import ADVANTAGES, AGGREGATIONS, ENGINES, LOSSES, OBJECTIVES
 
 @dataclass
 class Plugins:
+    """The recipe's plug-ins, one per kind (losses: a list, summed per token), built and cross-checked together by
+    :func:`build_plugins`; the trainer calls them only through this object, never by name."""
+
     sampler: Any
     objective: Any
     advantage: Any
@@ -21,6 +24,16 @@ class Plugins:
     losses: list[Any]
     aggregation: Any
     environment: Any = None
+    mask_truncated: bool = False   # train.mask_truncated: completions cut at max_new_tokens leave the loss
+
+    def select(self, batch, progress: float):
+        """token_weights [N, T] and metrics of the selection plug-in; with ``mask_truncated`` the rows cut at
+        rollout.max_new_tokens get weight 0 after it (TRL's mask_truncated_completions, DAPO's overlong filter)."""
+        weights, metrics = self.selection(batch, progress=progress)                         # [N, T]
+        if self.mask_truncated:
+            weights = weights * (~batch.truncated)[:, None]                                 # [N, T]
+            metrics["truncated_masked_frac"] = batch.truncated.float().mean().item()
+        return weights, metrics
 
     def all(self) -> dict[str, Any]:
         out = {"environment": self.environment} if self.environment is not None else {}
@@ -37,7 +50,16 @@ class Plugins:
                 f"so advantage '{self.advantage.plugin_name}' would subtract a second one: set `advantage: "
                 "passthrough`, or give the objective `baseline: none` to feed its transformed rewards to "
                 f"'{self.advantage.plugin_name}'")
-
+        # a loss that trains on a field no estimator writes would find None there at the first update: refuse now
+        for loss in self.losses:
+            missing = set(loss.consumes) - set(self.advantage.outputs)
+            if missing:
+                raise ValueError(f"loss '{loss.plugin_name}' trains on {sorted(missing)}, which advantage "
+                                 f"'{self.advantage.plugin_name}' does not produce (it writes "
+                                 f"{sorted(self.advantage.outputs) or 'nothing but advantages'}): use `advantage: gae`"
+                                 f" (with a `critic:` section), or drop loss '{loss.plugin_name}'")
+        # pooled baselines (Reinforce-Ada's global_stats) are means of raw rewards: the estimator must read them and
+        # the objective must leave the rewards as they are, or baseline and rewards would be on different scales
         if self.sampler.provides_pool_stats:
             where = f"sampler '{self.sampler.plugin_name}' measures each prompt's baseline over its whole pool"
             if not self.advantage.uses_pool_stats:
@@ -50,6 +72,8 @@ class Plugins:
                                  "use `objective: mean`, or set `sampler.global_stats: false`")
 
     def requires(self) -> set[str]:
+        """The scoring-pass fields some plug-in requires (old_logprobs, entropy, ref_logprobs, values): the trainer
+        computes exactly these, so a recipe that needs no reference model never loads one."""
         needed: set[str] = set()
         for name, plugin in self.all().items():
             unknown = set(plugin.requires) - SCORING_FIELDS
@@ -73,6 +97,7 @@ def build_plugins(cfg: RecipeConfig) -> Plugins:
         selection=SELECTIONS.build(cfg.selection.name, cfg.selection.kwargs, **ctx),
         losses=[LOSSES.build(s.name, s.kwargs, **ctx) for s in cfg.losses],
         aggregation=AGGREGATIONS.build(cfg.aggregation.name, cfg.aggregation.kwargs, **ctx),
+        mask_truncated=cfg.train.mask_truncated,
     )
     plugins.check_chain()
     return plugins
@@ -85,6 +110,7 @@ def model_token_bound(cfg: RecipeConfig, environment) -> int:
     return environment.max_model_tokens(cfg.rollout.max_new_tokens)
 
 
+# what build_engine may pass an engine; each engine's __init__ takes the names it declares (the registry filters)
 ENGINE_CONTEXT = ("model", "tokenizer", "accelerator", "model_path", "max_len", "seed", "lora")
 
 

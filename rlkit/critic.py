@@ -20,14 +20,17 @@ critic (the policy's gradients are dropped), so the advantages are not driven by
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from rlkit import ops
 from rlkit.batch import RolloutBatch
-from rlkit.forward import over_micro_batches
+from rlkit.forward import ForwardSpec, over_micro_batches
 
 
 class ValueModel(nn.Module):
@@ -68,24 +71,24 @@ class Critic:
         self.module, self.optimizer, self.accelerator = module, optimizer, accelerator
         self.shared, self.max_grad_norm, self.warmup_steps = shared, max_grad_norm, warmup_steps
 
-    def values(self, policy: nn.Module, rows: RolloutBatch, *, pad_id: int) -> torch.Tensor:
-        """V for every response token of ``rows``: [n, T], 0 where masked (with grad)."""
+    def values(self, policy: nn.Module, rows: RolloutBatch, spec: ForwardSpec) -> torch.Tensor:
+        """V for every response token of ``rows``: [n, T], 0 where masked (with grad). Always right-padded rows:
+        the value model's backbone is called without position ids, so it cannot read packed rows."""
         device = self.accelerator.device
         input_ids, attention_mask, response_index = ops.build_inputs(
-            rows.prompt_ids, rows.response_ids.cpu(), rows.response_mask.cpu(), pad_id)   # [n,S], [n,S], [n,T]
+            rows.prompt_ids, rows.response_ids.cpu(), rows.response_mask.cpu(), spec.pad_id)  # [n,S], [n,S], [n,T]
         args = (input_ids.to(device), attention_mask.to(device))
         full = self.module(policy, *args) if self.shared else self.module(*args)            # [n, S]
         values = full.float().gather(1, response_index.to(device))                          # [n, T]
         return values * rows.response_mask.to(device)
 
-    def score(self, policy: nn.Module, batch: RolloutBatch, *, pad_id: int, micro_batch_size: int,
-              autocast, max_tokens_per_micro: object = None) -> torch.Tensor:
-        """No-grad values of the whole batch (the scoring pass): [N, T] on CPU. With ``max_tokens_per_micro`` the
-        micro-batches are right-padded rows grouped by a token budget (rows x longest <= budget)."""
+    def score(self, policy: nn.Module, batch: RolloutBatch, spec: ForwardSpec) -> torch.Tensor:
+        """No-grad values of the whole batch (the scoring pass): [N, T] on CPU. With a token budget
+        (``spec.max_tokens_per_micro``) the micro-batches are right-padded rows grouped by it (rows x longest <=
+        budget), never packed (see :meth:`values`)."""
         models = [self.module] + ([policy] if self.shared else [])
-        return over_micro_batches(models, batch, micro_batch_size, autocast,                # [N, T]
-                                  lambda rows: self.values(policy, rows, pad_id=pad_id),
-                                  max_tokens_per_micro=max_tokens_per_micro, packed=False)
+        padded = dataclasses.replace(spec, pack_sequences=False)
+        return over_micro_batches(models, batch, padded, lambda rows: self.values(policy, rows, padded))  # [N, T]
 
     def step(self) -> tuple[float, bool]:
         """Clip and apply the critic's gradients; (grad norm, applied). Non-finite norms skip the step."""
@@ -103,6 +106,39 @@ class Critic:
 
     def unwrap(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.module)
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        """The prepared modules the update's backward reaches (for ``no_sync``)."""
+        return [self.module]
+
+    def metrics(self, norms: list[float], policy_frozen: bool) -> dict[str, float]:
+        """``critic/*`` of one policy update: mean gradient norm, and whether the policy was frozen (warm-up)."""
+        return {"critic/grad_norm": sum(norms) / len(norms), "critic/policy_frozen": float(policy_frozen)}
+
+    def save(self, path: Path) -> None:
+        """The value model as ``path/critic.safetensors``, for continuing PPO from the exported policy."""
+        save_file({k: v.contiguous() for k, v in self.unwrap().state_dict().items()}, str(path / "critic.safetensors"))
+
+
+class NoCritic:
+    """The critic of a run without one (no plug-in needs values): no modules, no values, nothing to step, save or
+    log -- so the update and the export need no ``critic is None`` branches."""
+
+    modules: list = []
+    warmup_steps = 0
+
+    def values(self, policy, rows: RolloutBatch, spec: ForwardSpec) -> None:
+        return None
+
+    def step(self) -> tuple[float, bool]:
+        return 0.0, True
+
+    def metrics(self, norms: list[float], policy_frozen: bool) -> dict[str, float]:
+        return {}
+
+    def save(self, path: Path) -> None:
+        pass
 
 
 def build_critic(cfg, accelerator, policy: nn.Module) -> Critic:

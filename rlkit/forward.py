@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Literal
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Literal
 
 import torch
 
@@ -48,6 +49,35 @@ TokenBudget = Literal["auto"] | int | None   # tokens per micro-batch; "auto" = 
 _logged: set[str] = set()
 
 
+@dataclass(frozen=True)
+class ForwardSpec:
+    """How the policy (and the reference, the critic, the samplers' probes) run over response tokens: fixed for a
+    run, built once by ``rlkit.session.build_session`` (:meth:`from_train`) and passed to every forward call.
+
+    ``pack_sequences`` is resolved (never "auto", see :func:`resolve_packing`); ``autocast`` is the
+    accelerator's ``autocast`` (a context-manager factory; ``contextlib.nullcontext`` outside accelerate)."""
+
+    pad_id: int
+    temperature: float = 1.0                 # rollout.temperature: logits / T, as the engine sampled
+    chunk_tokens: ChunkTokens = "auto"       # train.logprob_chunk_tokens
+    micro_batch_size: int = 8                # train.micro_batch_size
+    max_tokens_per_micro: TokenBudget = None  # train.max_tokens_per_micro (None: micro_batch_size rows)
+    pack_sequences: bool = False             # resolved train.pack_sequences
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext
+
+    @property
+    def packed(self) -> bool:
+        """Token-budget micro-batches go in as one padding-free row each."""
+        return self.max_tokens_per_micro is not None and self.pack_sequences
+
+    @classmethod
+    def from_train(cls, train, *, pad_id: int, temperature: float, model, autocast) -> "ForwardSpec":
+        """The spec of a recipe's ``train`` section (rlkit.config.TrainConfig) for ``model``."""
+        return cls(pad_id=pad_id, temperature=temperature, chunk_tokens=train.logprob_chunk_tokens,
+                   micro_batch_size=train.micro_batch_size, max_tokens_per_micro=train.max_tokens_per_micro,
+                   pack_sequences=resolve_packing(train.pack_sequences, model), autocast=autocast)
+
+
 def _log_once(message: str, *args, level: int = logging.INFO) -> None:
     key = message % args
     if key not in _logged:
@@ -55,13 +85,13 @@ def _log_once(message: str, *args, level: int = logging.INFO) -> None:
         log.log(level, message, *args)
 
 
-def response_logprobs(model, batch: RolloutBatch, *, pad_id: int, temperature: float = 1.0,
-                      with_entropy: bool = False, chunk_tokens: ChunkTokens = "auto",
-                      packed: bool = False, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(response token) [n, T] (0 where masked) and optionally the entropy [n, T] for every row of ``batch``."""
-    return token_logprobs(model, batch.prompt_ids, batch.response_ids, batch.response_mask, pad_id=pad_id,
-                          temperature=temperature, with_entropy=with_entropy, chunk_tokens=chunk_tokens,
-                          packed=packed, entropy_grad=entropy_grad)
+def response_logprobs(model, batch: RolloutBatch, spec: ForwardSpec, *, with_entropy: bool = False,
+                      entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(response token) [n, T] (0 where masked) and optionally the entropy [n, T] for every row of ``batch``
+    (one micro-batch: packed into one row when ``spec.packed``)."""
+    return token_logprobs(model, batch.prompt_ids, batch.response_ids, batch.response_mask, pad_id=spec.pad_id,
+                          temperature=spec.temperature, with_entropy=with_entropy, chunk_tokens=spec.chunk_tokens,
+                          packed=spec.packed, entropy_grad=entropy_grad)
 
 
 def token_logprobs(model, prompt_ids: list[list[int]], response_ids: torch.Tensor, response_mask: torch.Tensor, *,
@@ -70,6 +100,8 @@ def token_logprobs(model, prompt_ids: list[list[int]], response_ids: torch.Tenso
                    entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(response_ids[i,t] | prompt_i, response_i[:t]) [n, T], 0 where ``response_mask`` [n, T] is False.
 
+    The primitive under :func:`response_logprobs`, for callers that hold token lists rather than a batch (the
+    canary's probe, the gradient probe, SFT).
     ``chunk_tokens``: response positions per LM-head chunk ("auto", an int > 0), or 0 / None for the full-logits
     path (module docstring). ``packed``: one padding-free row instead of right-padded rows. Returns fp32
     logprobs [n,T] (with grad when grad is enabled) and the entropy [n,T] (no grad) or None.
@@ -199,9 +231,9 @@ def micro_batch_groups(batch: RolloutBatch, micro_batch_size: int, max_tokens_pe
 
 
 @torch.no_grad()
-def over_micro_batches(models: list, batch: RolloutBatch, micro_batch_size: int, autocast, fn, *,
-                       max_tokens_per_micro: TokenBudget = None, packed: bool = True):
-    """``fn(rows)`` per micro-batch (:func:`micro_batch_groups`), without grad and with ``models`` in eval mode.
+def over_micro_batches(models: list, batch: RolloutBatch, spec: ForwardSpec, fn):
+    """``fn(rows)`` per micro-batch of ``spec`` (:func:`micro_batch_groups`), under ``spec.autocast``, without grad
+    and with ``models`` in eval mode.
 
     ``fn`` returns a tensor [n, ...] or a tuple of such tensors / None; the result has the same structure with
     the rows of every micro-batch put back in batch order ([N, ...], float32 on CPU).
@@ -210,10 +242,10 @@ def over_micro_batches(models: list, batch: RolloutBatch, micro_batch_size: int,
     for m in models:
         m.eval()
     try:
-        groups = micro_batch_groups(batch, micro_batch_size, max_tokens_per_micro, packed)
+        groups = micro_batch_groups(batch, spec.micro_batch_size, spec.max_tokens_per_micro, spec.pack_sequences)
         parts = []
         for idx in groups:
-            with autocast():
+            with spec.autocast():
                 parts.append(fn(batch.select(idx)))
     finally:
         for m, mode in zip(models, modes):
@@ -227,12 +259,8 @@ def over_micro_batches(models: list, batch: RolloutBatch, micro_batch_size: int,
     return merge(parts)
 
 
-def score_batch(model, batch: RolloutBatch, *, pad_id: int, micro_batch_size: int, temperature: float,
-                with_entropy: bool, autocast, chunk_tokens: ChunkTokens = "auto",
-                max_tokens_per_micro: TokenBudget = None,
-                pack_sequences: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def score_batch(model, batch: RolloutBatch, spec: ForwardSpec, *,
+                with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """No-grad log-probs [N, T] (and entropy [N, T]) of ``model`` over the whole batch, micro-batch by micro-batch."""
-    packed = max_tokens_per_micro is not None and pack_sequences
-    return over_micro_batches([model], batch, micro_batch_size, autocast, lambda rows: response_logprobs(
-        model, rows, pad_id=pad_id, temperature=temperature, with_entropy=with_entropy, chunk_tokens=chunk_tokens,
-        packed=packed), max_tokens_per_micro=max_tokens_per_micro, packed=pack_sequences)
+    return over_micro_batches([model], batch, spec,
+                              lambda rows: response_logprobs(model, rows, spec, with_entropy=with_entropy))

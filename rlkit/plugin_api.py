@@ -50,10 +50,13 @@ class AdvantageEstimator(Plugin):
 
     ``takes_advantages``: True if the estimator can follow an objective whose output is already an advantage.
     ``uses_pool_stats``: True if it normalises with ``RolloutBatch.pool_mean`` / ``pool_std`` when a sampler sets
-    them (a sampler with ``provides_pool_stats`` needs such an estimator)."""
+    them (a sampler with ``provides_pool_stats`` needs such an estimator).
+    ``outputs``: batch fields it writes besides the advantages it returns (``gae``: ``{"returns"}``, the critic's
+    value targets); a loss lists the ones it trains on in ``consumes``, checked when the plug-ins are built."""
 
     takes_advantages: bool = False
     uses_pool_stats: bool = False
+    outputs: frozenset[str] = frozenset()
 
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -80,9 +83,12 @@ class Loss(Plugin):
     """Per-token surrogate: MicroBatch -> loss [n, T] (never reduced), metrics (token means).
 
     ``needs_entropy_grad = True`` makes the training forward return ``MicroBatch.entropy`` with its gradient
-    (one more [chunk, V] buffer in the chunked LM head's backward); otherwise the entropy is detached."""
+    (one more [chunk, V] buffer in the chunked LM head's backward); otherwise the entropy is detached.
+    ``consumes``: batch fields an advantage estimator must write (its ``outputs``), e.g. the value loss's
+    ``{"returns"}``."""
 
     needs_entropy_grad: bool = False
+    consumes: frozenset[str] = frozenset()
 
     def prepare(self, rows: "RolloutBatch", accelerator) -> None:
         """Called once per optimizer step on every process with its rows of the mini-batch (advantages and

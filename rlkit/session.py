@@ -15,48 +15,55 @@ from typing import Any
 import torch
 from transformers import get_scheduler
 
-from rlkit.build import Plugins, build_engine, build_plugins, check_engine
+from rlkit.build import Plugins, build_engine, build_plugins, check_engine, model_token_bound
 from rlkit.config import RecipeConfig
-from rlkit.critic import build_critic
+from rlkit.critic import Critic, NoCritic, build_critic
 from rlkit.dist import gather_lists
 from rlkit.environments.render import ChatRenderer
 from rlkit.environments.runner import EpisodeRunner
 from rlkit.data import PromptSource, format_prompts, is_local_source, load_prompt_dataset
+from rlkit.forward import ForwardSpec
 from rlkit.grad_probe import sequence_grad_norms
 from rlkit.lora import AdapterDisabledReference
 from rlkit.modeling import check_model_source, load_causal_lm, load_tokenizer
 from rlkit.rewards import RewardManager, RewardSpec
 from rlkit.rollout import SamplingParams
-from rlkit.rollout.canary import make_probe
+from rlkit.rollout.canary import Canary, make_probe
 from rlkit.samplers.base import SamplerTools
+from rlkit.update import Updater, UpdateSchedule
 
 log = logging.getLogger("rlkit")
 
 
 @dataclass
 class Session:
+    """One run's services, built once by :func:`build_session`; the trainer's orchestrating functions take it."""
+
     cfg: RecipeConfig
     accelerator: Any
-    model: Any                 # prepared (DDP-wrapped when distributed)
-    ref_model: Any | None
+    model: Any                 # prepared (DDP-wrapped when distributed); the same module as updater.model
+    ref_model: Any | None      # frozen reference when some plug-in needs ref_logprobs (LoRA: the adapter-off view)
     tokenizer: Any
-    optimizer: Any
-    scheduler: Any
-    engine: Any
+    engine: Any                # rlkit.rollout.RolloutEngine
     plugins: Plugins
-    needs: set[str]
+    needs: set[str]            # scoring-pass fields some plug-in requires (rlkit.plugin_api.SCORING_FIELDS)
     rewards: RewardManager
     train_prompts: PromptSource
     eval_prompts: list | None
     sampling: SamplingParams
     eval_sampling: SamplingParams
-    probe: tuple[list[int], list[int]]   # fixed sequence for the weight-sync canary
-    critic: Any | None = None            # rlkit.critic.Critic when a plug-in needs values
+    canary: Canary                       # weight-sync check: the engine's log-probs of a probe = the policy's
+    spec: ForwardSpec                    # how every forward pass runs (scoring, update, critic, gradient probe)
+    updater: Updater                     # optimizer, scheduler, losses, critic: what trains on a batch
     runner: EpisodeRunner | None = None  # multi-turn environments (None: single-turn completions)
 
     @property
     def policy(self):
         return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def critic(self) -> Critic | NoCritic:
+        return self.updater.critic
 
 
 def reward_manager(cfg: RecipeConfig, environment=None) -> RewardManager:
@@ -123,14 +130,49 @@ def prompt_source(cfg: RecipeConfig, tokenizer, rewards: RewardManager, source: 
                         max_prompt_tokens=cfg.data.max_prompt_tokens, seed=cfg.train.seed, shuffle=shuffle)
 
 
-def sampler_tools(accelerator, policy, pad_id: int, temperature: float) -> SamplerTools:
+def sampler_tools(accelerator, policy, spec: ForwardSpec) -> SamplerTools:
     """What samplers may ask of the trainer's side: gradient norms of the current policy (GVM), a gather (VADE)."""
     def grad_norms(prompt_ids: list[list[int]], responses: list[list[int]], pattern: str,
                    masks: list[list[bool]] | None = None) -> torch.Tensor:
-        return sequence_grad_norms(policy, prompt_ids, responses, pattern=pattern, pad_id=pad_id,
-                                   temperature=temperature, autocast=accelerator.autocast, masks=masks)
+        return sequence_grad_norms(policy, prompt_ids, responses, pattern=pattern, pad_id=spec.pad_id,
+                                   temperature=spec.temperature, autocast=spec.autocast, masks=masks)
     return SamplerTools(grad_norms=grad_norms, gather=partial(gather_lists, accelerator),
                         process_index=accelerator.process_index)
+
+
+def optimizer_and_schedule(cfg: RecipeConfig, model) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over the trainable parameters (LoRA: the adapters) and the LR schedule over every optimizer step."""
+    t = cfg.train
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
+                                  betas=tuple(t.adam_betas), eps=t.adam_eps, weight_decay=t.weight_decay)
+    total_updates = t.steps * t.epochs * t.mini_batches
+    return optimizer, get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps,
+                                    num_training_steps=total_updates)
+
+
+def check_engine_fits(cfg: RecipeConfig, engine, plugins: Plugins) -> None:
+    """Asynchronous rollouts need an engine and a sampler that allow them (checks that need the built engine)."""
+    r = cfg.rollout
+    if r.max_staleness and (not engine.owns_weights or engine.releases_memory):
+        raise ValueError(f"rollout.max_staleness={r.max_staleness} needs an engine that keeps its own copy of the "
+                         f"weights and stays awake during training; '{r.engine.name}' "
+                         + ("samples from the training module itself" if not engine.owns_weights else
+                            "sleeps to give training its memory (set rollout.engine.enable_sleep_mode=false)")
+                         + ". Use rollout.engine=vllm or rollout.max_staleness=0.")
+    if r.partial_rollouts and not (r.max_staleness and engine.syncs_while_generating):
+        raise ValueError("rollout.partial_rollouts=true needs rollout.max_staleness >= 1 (got "
+                         f"{r.max_staleness}) and an engine that updates weights while it generates (vllm_server; "
+                         f"'{r.engine.name}' does not). Set rollout.partial_rollouts=false or use vllm_server.")
+    if r.max_staleness and plugins.sampler.reads_policy:
+        raise ValueError(f"rollout.max_staleness={r.max_staleness} with sampler '{cfg.sampler.name}': this sampler "
+                         "reads the live policy while it chooses (gvm's gradient probe), which would race with the "
+                         "optimizer updating it during background generation. Use rollout.max_staleness=0 with it.")
+
+
+def update_schedule(cfg: RecipeConfig, environment) -> UpdateSchedule:
+    t = cfg.train
+    return UpdateSchedule(epochs=t.epochs, mini_batches=t.mini_batches, seed=t.seed, max_grad_norm=t.max_grad_norm,
+                          max_len=model_token_bound(cfg, environment), max_nan_steps=t.max_nan_steps)
 
 
 def build_session(cfg: RecipeConfig, accelerator) -> Session:
@@ -149,44 +191,34 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
     if cfg.data.eval:
         src = prompt_source(cfg, tokenizer, rewards, d.eval, d.eval_split, shuffle=False,
                             config=d.eval_config or (d.train_config if d.eval == d.train else None))
+        # the same first eval.max_prompts rows at every evaluation, so evaluations over a run are comparable
         eval_prompts = [src.item(i) for i in range(min(len(src), cfg.eval.max_prompts))]
     model = load_causal_lm(cfg.model)
     ref_model = None   # LoRA: the reference is the policy with its adapter disabled (set below), no second model
     if "ref_logprobs" in needs and cfg.model.lora is None:
         ref_model = load_causal_lm(cfg.model, trainable=False).to(accelerator.device)
-    t = cfg.train
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr,
-                                  betas=tuple(t.adam_betas), eps=t.adam_eps, weight_decay=t.weight_decay)
-    total_updates = t.steps * t.epochs * t.mini_batches
-    scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps,
-                              num_training_steps=total_updates)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # one prepare call: DDP/FSDP wrap (and FSDP shards) the model and the optimizer is re-pointed at what they made
+    model, optimizer, scheduler = accelerator.prepare(model, *optimizer_and_schedule(cfg, model))
     policy = accelerator.unwrap_model(model)
     if "ref_logprobs" in needs and cfg.model.lora is not None:
         ref_model = AdapterDisabledReference(policy)
-    critic = build_critic(cfg, accelerator, policy) if cfg.critic is not None else None
+    critic = build_critic(cfg, accelerator, policy) if cfg.critic is not None else NoCritic()
+    # a colocated engine (hf) samples from the unwrapped policy itself; the others load model_path and get synced
     engine = build_engine(cfg, model=policy, tokenizer=tokenizer, accelerator=accelerator,
                           model_path=cfg.model.name_or_path, max_len=cfg.rollout.max_new_tokens, seed=cfg.train.seed,
                           lora=cfg.model.lora)
+    check_engine_fits(cfg, engine, plugins)
     r = cfg.rollout
-    if r.max_staleness and (not engine.owns_weights or engine.releases_memory):
-        raise ValueError(f"rollout.max_staleness={r.max_staleness} needs an engine that keeps its own copy of the "
-                         f"weights and stays awake during training; '{r.engine.name}' "
-                         + ("samples from the training module itself" if not engine.owns_weights else
-                            "sleeps to give training its memory (set rollout.engine.enable_sleep_mode=false)")
-                         + ". Use rollout.engine=vllm or rollout.max_staleness=0.")
-    if r.partial_rollouts and not (r.max_staleness and engine.syncs_while_generating):
-        raise ValueError("rollout.partial_rollouts=true needs rollout.max_staleness >= 1 (got "
-                         f"{r.max_staleness}) and an engine that updates weights while it generates (vllm_server; "
-                         f"'{r.engine.name}' does not). Set rollout.partial_rollouts=false or use vllm_server.")
-    if r.max_staleness and plugins.sampler.reads_policy:
-        raise ValueError(f"rollout.max_staleness={r.max_staleness} with sampler '{cfg.sampler.name}': this sampler "
-                         "reads the live policy while it chooses (gvm's gradient probe), which would race with the "
-                         "optimizer updating it during background generation. Use rollout.max_staleness=0 with it.")
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
     eval_sampling = SamplingParams(cfg.eval.max_new_tokens or r.max_new_tokens, cfg.eval.temperature, r.top_p, r.top_k)
-    probe = make_probe(tokenizer, train_prompts.item(0).prompt_ids)
-    plugins.sampler.bind(sampler_tools(accelerator, policy, tokenizer.pad_token_id, sampling.temperature))
+    spec = ForwardSpec.from_train(cfg.train, pad_id=tokenizer.pad_token_id, temperature=r.temperature, model=policy,
+                                  autocast=accelerator.autocast)   # pack_sequences resolved here, once
+    updater = Updater(accelerator, model, spec, optimizer, scheduler, plugins.losses, plugins.aggregation,
+                      update_schedule(cfg, plugins.environment), critic=critic)
+    plugins.sampler.bind(sampler_tools(accelerator, policy, spec))
     runner = EpisodeRunner(plugins.environment, tokenizer) if plugins.environment.multi_turn else None
-    return Session(cfg, accelerator, model, ref_model, tokenizer, optimizer, scheduler, engine, plugins, needs,
-                   rewards, train_prompts, eval_prompts, sampling, eval_sampling, probe, critic, runner)
+    # the probe is built from the first training prompt, so the canary compares log-probs on realistic text
+    canary = Canary(make_probe(tokenizer, train_prompts.item(0).prompt_ids), pad_id=spec.pad_id,
+                    every=r.canary_every, tolerance=r.canary_tolerance)
+    return Session(cfg, accelerator, model, ref_model, tokenizer, engine, plugins, needs, rewards, train_prompts,
+                   eval_prompts, sampling, eval_sampling, canary, spec, updater, runner)

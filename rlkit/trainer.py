@@ -10,17 +10,17 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, set_seed
-from safetensors.torch import save_file
 
 from rlkit.batch import RolloutBatch
-from rlkit.build import model_token_bound
 from rlkit.checkpoint import load_checkpoint, load_rollouts, resolve_resume, save_checkpoint
 from rlkit.config import RecipeConfig, dump_config
 from rlkit.dist import check_launch, mean_over_processes
 from rlkit.evaluation import evaluate
-from rlkit.forward import resolve_packing, score_batch
+from rlkit.forward import score_batch
 from rlkit.reward_calls import RewardState
-from rlkit.rollout.canary import check_sync
+from rlkit.build import Plugins
+from rlkit.critic import Critic, NoCritic
+from rlkit.rollout.canary import Canary
 from rlkit.rollout.partial import PartialPrefetcher
 from rlkit.rollout.prefetch import RolloutPrefetcher
 from rlkit.rollout import RolloutWorkerError
@@ -29,7 +29,8 @@ from rlkit.session import Session, build_session
 from rlkit.console import Progress, format_eval_table, print_table, samples_table
 from rlkit.run_logging import run_log
 from rlkit.tracking import MetricsLogger
-from rlkit.update import UpdateContext, policy_update
+from rlkit.stopwatch import Stopwatch
+from rlkit.update import Updater, policy_update
 
 log = logging.getLogger("rlkit")
 
@@ -39,22 +40,19 @@ def _prefixed(kind: str, metrics: dict) -> dict[str, float]:
 
 
 def score(s: Session, batch: RolloutBatch) -> dict[str, float]:
-    """Scoring pass: fill only what some plug-in requires (old_logprobs, entropy, ref_logprobs)."""
-    t, out = s.cfg.train, {}
-    common = dict(pad_id=s.tokenizer.pad_token_id, micro_batch_size=t.micro_batch_size,
-                  temperature=s.sampling.temperature, autocast=s.accelerator.autocast,
-                  chunk_tokens=t.logprob_chunk_tokens, max_tokens_per_micro=t.max_tokens_per_micro,
-                  pack_sequences=resolve_packing(t.pack_sequences, s.policy))
+    """Scoring pass: fill only what some plug-in requires (``s.needs``: old_logprobs, entropy, ref_logprobs,
+    values), each with one no-grad pass over the batch."""
+    out = {}
     if s.needs & {"old_logprobs", "entropy"}:
-        batch.old_logprobs, batch.entropy = score_batch(s.policy, batch, with_entropy="entropy" in s.needs, **common)
-        diff = (batch.old_logprobs - batch.rollout_logprobs).abs()[batch.response_mask]
+        batch.old_logprobs, batch.entropy = score_batch(s.policy, batch, s.spec,
+                                                        with_entropy="entropy" in s.needs)  # [N, T] x2
+        # how far the engine's log-probs are from the trainer's (numerics, or a stale engine): logged, not used
+        diff = (batch.old_logprobs - batch.rollout_logprobs).abs()[batch.response_mask]  # [tokens]
         out["rollout/logprob_diff"] = diff.mean().item() if diff.numel() else 0.0
     if "ref_logprobs" in s.needs:
-        batch.ref_logprobs, _ = score_batch(s.ref_model, batch, with_entropy=False, **common)
-    if s.critic is not None:
-        batch.values = s.critic.score(s.model, batch, pad_id=s.tokenizer.pad_token_id,
-                                      micro_batch_size=t.micro_batch_size, autocast=s.accelerator.autocast,
-                                      max_tokens_per_micro=t.max_tokens_per_micro)
+        batch.ref_logprobs, _ = score_batch(s.ref_model, batch, s.spec, with_entropy=False)  # [N, T]
+    if "values" in s.needs:   # check_recipe made sure a critic exists
+        batch.values = s.critic.score(s.model, batch, s.spec)                             # [N, T]
     return out
 
 
@@ -72,10 +70,9 @@ def rollout_phase(s: Session, step: int, position: int) -> tuple[RolloutBatch, d
     return batch, metrics | rollout_metrics(batch)
 
 
-def prompts_drawn(s: Session) -> int:
-    """Prompts one step takes from the data stream over all processes (the sampler may oversample)."""
-    world = s.accelerator.num_processes
-    return s.plugins.sampler.prompts_needed(s.cfg.train.prompts_per_step // world) * world
+def prompts_drawn(sampler, prompts_per_step: int, world: int) -> int:
+    """Prompts one step takes from the data stream over all ``world`` processes (the sampler may oversample)."""
+    return sampler.prompts_needed(prompts_per_step // world) * world
 
 
 def step_batch(s: Session, step: int, position: int,
@@ -106,38 +103,32 @@ def token_staleness(batch: RolloutBatch, now: int) -> dict[str, float]:
             "rollout/partial_frac": ((last > first) & sampled.any(dim=1)).float().mean().item()}
 
 
-def rl_step(s: Session, step: int, position: int, update_ctx: UpdateContext,
+def rl_step(s: Session, step: int, position: int,
             prefetch: RolloutPrefetcher) -> tuple[dict[str, float], RolloutBatch]:
-    cfg, p = s.cfg, s.plugins
-    times = {"start": time.perf_counter()}
-    batch, metrics = step_batch(s, step, position, prefetch)
-    times["rollout"] = time.perf_counter()
-    drawn = prompts_drawn(s)   # step t's prompts start (t - step) steps of data after this step's
+    """One step of DESIGN.md "One optimizer step": rollouts -> objective -> scoring -> advantages -> selection ->
+    update -> sampler update. Each stage's seconds are logged as ``time/<stage>``."""
+    p, watch = s.plugins, Stopwatch()
+    with watch("rollout_wait"):
+        batch, metrics = step_batch(s, step, position, prefetch)
+    drawn = prompts_drawn(p.sampler, s.cfg.train.prompts_per_step, s.accelerator.num_processes)
+    # step t's prompts start (t - step) steps of data after this step's
     if not prefetch.launch(step, lambda t: rollout_phase(s, t, position + (t - step) * drawn)):
-        s.engine.release()
-    batch.rewards = p.objective(batch.raw_rewards, batch.group_ids)
-    times["score"] = time.perf_counter()
-    metrics.update(score(s, batch))
-    times["advantage"] = time.perf_counter()
-    batch.advantages, adv_metrics = p.advantage(batch)
-    times["select"] = time.perf_counter()
-    batch.token_weights, sel_metrics = p.selection(batch, progress=step / cfg.train.steps)
-    if cfg.train.mask_truncated:   # TRL's mask_truncated_completions: cut-off answers leave the loss
-        batch.token_weights = batch.token_weights * (~batch.truncated)[:, None]
-        sel_metrics["truncated_masked_frac"] = batch.truncated.float().mean().item()
-    metrics.update(_prefixed("advantage", adv_metrics) | _prefixed("selection", sel_metrics))
-    times["train"] = time.perf_counter()
-    metrics.update(policy_update(update_ctx, batch, step))
-    times["update"] = time.perf_counter()
+        s.engine.release()     # nothing generates in the background: the engine may give its memory to training
+    with watch("objective"):
+        batch.rewards = p.objective(batch.raw_rewards, batch.group_ids)                   # [N]
+    with watch("score"):
+        metrics |= score(s, batch)
+    with watch("advantage"):
+        batch.advantages, adv_metrics = p.advantage(batch)                                # [N, T]
+    with watch("selection"):
+        batch.token_weights, sel_metrics = p.select(batch, progress=step / s.cfg.train.steps)  # [N, T]
+    metrics |= _prefixed("advantage", adv_metrics) | _prefixed("selection", sel_metrics)
+    with watch("train"):
+        metrics |= policy_update(s.updater, batch, step)
     # the engine is idle before its weights change and the sampler updates (partial rollouts: deferred, in order)
-    metrics.update(prefetch.sampler_update(lambda: _prefixed("sampler", p.sampler.update(batch, step))))
-    end = time.perf_counter()
-    metrics.update({"time/rollout_wait": times["rollout"] - times["start"],
-                    "time/score": times["advantage"] - times["score"], "time/train": times["update"] - times["train"],
-                    "time/advantage": times["select"] - times["advantage"],
-                    "time/selection": times["train"] - times["select"],
-                    "time/wait_prefetch": end - times["update"], "time/step": end - times["start"]})
-    return metrics, batch
+    with watch("wait_prefetch"):
+        metrics |= prefetch.sampler_update(lambda: _prefixed("sampler", p.sampler.update(batch, step)))
+    return metrics | watch.metrics(), batch
 
 
 def finish_step(s: Session, version: int, metrics: dict[str, float]) -> dict[str, float]:
@@ -146,19 +137,17 @@ def finish_step(s: Session, version: int, metrics: dict[str, float]) -> dict[str
     Kept out of :func:`rl_step` so that a failing sync (a lost rollout worker, a canary failure) happens after the
     step counter moved on: a checkpoint saved then matches the weights it holds."""
     t0 = time.perf_counter()
-    metrics.update(_prefixed("rollout", sync_engine(s, version)))
+    metrics.update(_prefixed("rollout", sync_engine(s.engine, s.policy, s.canary, version)))
     metrics["time/sync"] = time.perf_counter() - t0
     metrics["time/step"] += metrics["time/sync"]
     return mean_over_processes(s.accelerator, metrics)
 
 
-def sync_engine(s: Session, version: int) -> dict[str, float]:
+def sync_engine(engine, policy, canary: Canary, version: int) -> dict[str, float]:
     """Push the policy's weights to the rollout engine, then (every k-th sync) verify them with the canary."""
-    out = s.engine.sync_weights(s.policy)
-    every = s.cfg.rollout.canary_every
-    if every and version % every == 0:
-        out |= check_sync(s.engine, s.policy, s.probe, pad_id=s.tokenizer.pad_token_id,
-                          tolerance=s.cfg.rollout.canary_tolerance, version=version)
+    out = engine.sync_weights(policy)
+    if canary.due(version):
+        out |= canary.check(engine, policy, version)
     return out
 
 
@@ -171,21 +160,23 @@ def _sample_rows(batch: RolloutBatch, k: int = 4) -> list[dict]:
             for i in range(min(k, len(batch)))]
 
 
-def _trainer_state(s: Session, step: int, position: int) -> dict:
-    return {"step": step, "data_position": position,
-            "plugins": {name: plug.state_dict() for name, plug in s.plugins.all().items()}}
+def _trainer_state(plugins: Plugins, updater: Updater, step: int, position: int) -> dict:
+    """What a checkpoint holds besides the accelerator's state (models, optimizers, schedulers, RNGs)."""
+    return {"step": step, "data_position": position, "updater": updater.state_dict(),
+            "plugins": {name: plug.state_dict() for name, plug in plugins.all().items()}}
 
 
 def _restore(s: Session, path: Path) -> tuple[int, int]:
     state = load_checkpoint(s.accelerator, path)
     for name, plug in s.plugins.all().items():
         plug.load_state_dict(state["plugins"].get(name, {}))
+    s.updater.load_state_dict(state.get("updater", {}))   # absent in checkpoints written before it was saved
     return state["step"], state["data_position"]
 
 
 def _save(s: Session, out_dir: Path, step: int, position: int, prefetch: RolloutPrefetcher) -> Path:
     """Checkpoint after ``step`` steps, with the batches already generated for later steps (max_staleness > 0)."""
-    return save_checkpoint(s.accelerator, out_dir, step, _trainer_state(s, step, position),
+    return save_checkpoint(s.accelerator, out_dir, step, _trainer_state(s.plugins, s.updater, step, position),
                            s.cfg.train.keep_checkpoints, rollouts=prefetch.saved(step, s.accelerator.num_processes))
 
 
@@ -250,17 +241,9 @@ def _run(s: Session) -> dict[str, float]:
     step, position = _resume(s, ckpt, prefetch) if ckpt else (0, 0)
     logger = MetricsLogger(out_dir, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb,
                            trackio=cfg.logging.trackio, enabled=acc.is_main_process)
-    update_ctx = UpdateContext(acc, s.model, s.optimizer, s.scheduler, s.plugins.losses, s.plugins.aggregation,
-                               s.tokenizer.pad_token_id, s.sampling.temperature, t.micro_batch_size, t.epochs,
-                               t.mini_batches, t.max_grad_norm, model_token_bound(cfg, s.plugins.environment), t.seed,
-                               t.max_nan_steps,
-                               critic=s.critic, logprob_chunk_tokens=t.logprob_chunk_tokens,
-                               max_tokens_per_micro=t.max_tokens_per_micro,
-                               pack_sequences=resolve_packing(t.pack_sequences, s.policy))
     summary: dict[str, float] = {}
-    if cfg.rollout.canary_every:  # the engine must start from the policy's weights too (e.g. after a resume)
-        check_sync(s.engine, s.policy, s.probe, pad_id=s.tokenizer.pad_token_id,
-                   tolerance=cfg.rollout.canary_tolerance, version=0)
+    if s.canary.every:  # the engine must start from the policy's weights too (e.g. after a resume)
+        s.canary.check(s.engine, s.policy, version=0)
     if t.eval_at_start and step == 0:
         summary |= {f"before/{k}": v for k, v in _eval(s, 0, logger, "before RL").items()}
     progress = Progress(t.steps, initial=step, enabled=acc.is_main_process)
@@ -268,8 +251,9 @@ def _run(s: Session) -> dict[str, float]:
     saved = step
     try:
         while step < t.steps:
-            metrics, batch = rl_step(s, step, position, update_ctx, prefetch)
-            step, position = step + 1, position + prompts_drawn(s)
+            metrics, batch = rl_step(s, step, position, prefetch)
+            step, position = step + 1, position + prompts_drawn(s.plugins.sampler, t.prompts_per_step,
+                                                                acc.num_processes)
             metrics = finish_step(s, step, metrics)
             if step % t.log_every == 0 or step == t.steps:
                 logger.log(step, metrics)
@@ -294,7 +278,7 @@ def _run(s: Session) -> dict[str, float]:
         prefetch.close()
     if t.eval_at_end:
         summary |= {f"after/{k}": v for k, v in _eval(s, step, logger, "after RL").items()}
-    export_final(s, out_dir / "final")
+    export_final(acc, s.model, s.tokenizer, s.critic, out_dir / "final")
     logger.close()
     return metrics | summary
 
@@ -319,22 +303,22 @@ def _on_interrupt(s: Session, out_dir: Path, step: int, position: int, saved: in
                     "to resume from it (train.resume=auto)", step, saved, out_dir / "checkpoints")
 
 
-def export_final(s: Session, path: Path) -> None:
-    s.accelerator.wait_for_everyone()
-    full = _gathered_state(s)
-    if s.accelerator.is_main_process:
-        s.policy.save_pretrained(path, safe_serialization=True, **({"state_dict": full} if full is not None else {}))
-        s.tokenizer.save_pretrained(path)
-        if s.critic is not None:   # the value model, for continuing PPO from this policy
-            save_file({k: v.contiguous() for k, v in s.critic.unwrap().state_dict().items()},
-                      str(path / "critic.safetensors"))
-    s.accelerator.wait_for_everyone()
+def export_final(accelerator, model, tokenizer, critic: Critic | NoCritic, path: Path) -> None:
+    """The trained policy (a LoRA run: its adapter), tokenizer and critic under ``path`` (collective: all ranks)."""
+    accelerator.wait_for_everyone()
+    full = _gathered_state(accelerator, model)
+    if accelerator.is_main_process:
+        policy = accelerator.unwrap_model(model)
+        policy.save_pretrained(path, safe_serialization=True, **({"state_dict": full} if full is not None else {}))
+        tokenizer.save_pretrained(path)
+        critic.save(path)   # the value model, for continuing PPO from this policy (NoCritic: nothing)
+    accelerator.wait_for_everyone()
 
 
-def _gathered_state(s: Session) -> dict | None:
+def _gathered_state(accelerator, model) -> dict | None:
     """Sharded training (FSDP, DeepSpeed): the full state dict, gathered by every rank (a collective) and held on
     rank 0 (DeepSpeed ZeRO-3 needs ``zero3_save_16bit_model: true``, as in launch/deepspeed_zero3.yaml). None when
     the policy holds full weights, which ``save_pretrained`` then reads itself."""
-    if s.accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         return None
-    return s.accelerator.get_state_dict(s.model)
+    return accelerator.get_state_dict(model)

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from rlkit.batch import RolloutBatch
-from rlkit.critic import no_sync_all
+from rlkit.critic import Critic, NoCritic, no_sync_all
 from rlkit.dist import gather_lists, sum_over_processes
-from rlkit.forward import micro_batch_groups, response_logprobs
+from rlkit.forward import ForwardSpec, micro_batch_groups, response_logprobs
 from rlkit.plugin_api import Aggregation, Loss, MicroBatch
 
 
@@ -40,33 +40,45 @@ class NonFiniteLossError(RuntimeError):
     """Raised when losses/gradients stay non-finite for more than train.max_nan_steps optimizer steps."""
 
 
+@dataclass(frozen=True)
+class UpdateSchedule:
+    """How one rollout batch is trained on (from the recipe's ``train`` section)."""
+
+    epochs: int = 1                      # passes over the batch
+    mini_batches: int = 1                # optimizer steps per pass
+    seed: int = 0                        # mini-batch membership permutation
+    max_grad_norm: float | None = 1.0    # None: no clipping
+    max_len: int = 1024                  # model-token bound of one sequence (aggregation plans that need it)
+    max_nan_steps: int = 0               # consecutive non-finite optimizer steps tolerated before stopping
+
+
 @dataclass
-class UpdateContext:
+class Updater:
+    """The policy's update side of a session: what :func:`policy_update` trains with, plus its one piece of state,
+    ``nan_steps`` (consecutive optimizer steps skipped for a non-finite gradient norm), which is checkpointed so
+    that a resumed run stops at the same step an uninterrupted one would."""
+
     accelerator: object
-    model: object
+    model: object                          # prepared (DDP-wrapped when distributed)
+    spec: ForwardSpec
     optimizer: object
     scheduler: object
     losses: list[Loss]
     aggregation: Aggregation
-    pad_id: int
-    temperature: float
-    micro_batch_size: int
-    epochs: int
-    mini_batches: int
-    max_grad_norm: float | None
-    max_len: int
-    seed: int
-    max_nan_steps: int
-    critic: object = None      # rlkit.critic.Critic when a plug-in needs values
+    schedule: UpdateSchedule
+    critic: Critic | NoCritic = field(default_factory=NoCritic)   # a Critic when a plug-in needs values
     nan_steps: int = 0
-    logprob_chunk_tokens: object = "auto"   # train.logprob_chunk_tokens: "auto" | int | 0/None (full logits)
-    max_tokens_per_micro: object = None  # train.max_tokens_per_micro: "auto" | int budget | None = micro_batch_size rows
-    pack_sequences: bool = True              # resolved train.pack_sequences: one padding-free row per micro-batch
 
     @property
     def entropy_grad(self) -> bool:
         """Some loss differentiates the entropy (``needs_entropy_grad``, e.g. the entropy bonus)."""
         return any(getattr(loss, "needs_entropy_grad", False) for loss in self.losses)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"nan_steps": self.nan_steps}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.nan_steps = int(state.get("nan_steps", 0))   # checkpoints from before it was saved: 0
 
 
 def minibatch_assignment(global_offset: int, local_n: int, global_n: int, mini_batches: int,
@@ -77,36 +89,34 @@ def minibatch_assignment(global_offset: int, local_n: int, global_n: int, mini_b
     return perm[global_offset:global_offset + local_n] % mini_batches                    # [n_local]
 
 
-def _plan_local(ctx: UpdateContext, rows: RolloutBatch) -> tuple[torch.Tensor, float]:
+def _plan_local(up: Updater, rows: RolloutBatch) -> tuple[torch.Tensor, float]:
     lengths = (rows.token_weights > 0).sum(-1)                                            # [n] long
-    per_rank_len = gather_lists(ctx.accelerator, lengths.tolist())
-    per_rank_gid = gather_lists(ctx.accelerator, rows.group_ids.tolist())
-    plan = ctx.aggregation.plan(torch.tensor(sum(per_rank_len, []), dtype=torch.long),
-                                torch.tensor(sum(per_rank_gid, []), dtype=torch.long), ctx.max_len)
-    start = sum(len(v) for v in per_rank_len[:ctx.accelerator.process_index])
+    per_rank_len = gather_lists(up.accelerator, lengths.tolist())
+    per_rank_gid = gather_lists(up.accelerator, rows.group_ids.tolist())
+    plan = up.aggregation.plan(torch.tensor(sum(per_rank_len, []), dtype=torch.long),
+                                torch.tensor(sum(per_rank_gid, []), dtype=torch.long), up.schedule.max_len)
+    start = sum(len(v) for v in per_rank_len[:up.accelerator.process_index])
     return plan.coef[start:start + len(rows)].float(), float(plan.normalizer)             # [n], Z
 
 
-def _micro_step(ctx: UpdateContext, rows: RolloutBatch, coef: torch.Tensor, Z: float, sync: bool,
+def _micro_step(up: Updater, rows: RolloutBatch, coef: torch.Tensor, Z: float, sync: bool,
                 metric_sums: dict[str, float], record: bool = True) -> None:
     """One forward/backward of ``rows``. ``record=False``: a zero-weight stand-in call (a process with fewer
     micro-batches than another keeps the backward calls equal); it adds the same metric keys, with weight 0."""
-    acc, device = ctx.accelerator, ctx.accelerator.device
-    models = [ctx.model] + ([ctx.critic.module] if ctx.critic is not None else [])
+    acc, device = up.accelerator, up.accelerator.device
+    models = [up.model, *up.critic.modules]
     sync_ctx = contextlib.nullcontext() if sync else no_sync_all(acc, models)
     with sync_ctx:
         with acc.autocast():
-            logprobs, entropy = response_logprobs(
-                ctx.model, rows, pad_id=ctx.pad_id, temperature=ctx.temperature, with_entropy=True,
-                chunk_tokens=ctx.logprob_chunk_tokens, entropy_grad=ctx.entropy_grad,
-                packed=ctx.max_tokens_per_micro is not None and ctx.pack_sequences)      # [n, T], [n, T]
-            values = ctx.critic.values(ctx.model, rows, pad_id=ctx.pad_id) if ctx.critic is not None else None
+            logprobs, entropy = response_logprobs(up.model, rows, up.spec, with_entropy=True,
+                                                  entropy_grad=up.entropy_grad)            # [n, T], [n, T]
+            values = up.critic.values(up.model, rows, up.spec)                           # [n, T] | None
         rows = rows.to(device)
         micro = MicroBatch(batch=rows, logprobs=logprobs.float(), entropy=entropy, values=values)
         token_loss = torch.zeros_like(micro.logprobs)                                     # [n, T]
         weights = rows.token_weights.float()                                              # [n, T]
         scale = 1.0 if record else 0.0
-        for loss_fn in ctx.losses:
+        for loss_fn in up.losses:
             loss_t, metrics = loss_fn(micro)
             token_loss = token_loss + loss_t
             for k, v in metrics.items():
@@ -121,66 +131,66 @@ def _micro_step(ctx: UpdateContext, rows: RolloutBatch, coef: torch.Tensor, Z: f
     metric_sums["_ent_tokens"] = metric_sums.get("_ent_tokens", 0.0) + float(ent_mask.sum())
 
 
-def _optimizer_step(ctx: UpdateContext, freeze_policy: bool = False) -> tuple[float, bool]:
+def _optimizer_step(up: Updater, freeze_policy: bool = False) -> tuple[float, bool]:
     """Clip and apply the policy's gradients (dropped while ``freeze_policy``: critic warm-up)."""
-    acc = ctx.accelerator
+    acc = up.accelerator
     if freeze_policy:
-        ctx.optimizer.zero_grad(set_to_none=True)
+        up.optimizer.zero_grad(set_to_none=True)
         return 0.0, True
-    params = [p for p in ctx.model.parameters() if p.requires_grad]
-    if ctx.max_grad_norm is not None:
-        norm = acc.clip_grad_norm_(params, ctx.max_grad_norm)
+    params = [p for p in up.model.parameters() if p.requires_grad]
+    if up.schedule.max_grad_norm is not None:
+        norm = acc.clip_grad_norm_(params, up.schedule.max_grad_norm)
     else:
         norm = torch.norm(torch.stack([p.grad.detach().norm() for p in params if p.grad is not None]))
     norm = float(norm)
     if not math.isfinite(norm):
-        ctx.optimizer.zero_grad(set_to_none=True)
-        ctx.nan_steps += 1
-        if ctx.nan_steps > ctx.max_nan_steps:
+        up.optimizer.zero_grad(set_to_none=True)
+        up.nan_steps += 1
+        if up.nan_steps > up.schedule.max_nan_steps:
             raise NonFiniteLossError(
-                f"non-finite gradient norm ({norm}) in {ctx.nan_steps} consecutive optimizer step(s) "
-                f"(train.max_nan_steps={ctx.max_nan_steps}); the update was skipped and the run stopped. "
+                f"non-finite gradient norm ({norm}) in {up.nan_steps} consecutive optimizer step(s) "
+                f"(train.max_nan_steps={up.schedule.max_nan_steps}); the update was skipped and the run stopped. "
                 "Check rewards/advantages for NaN/inf, lower train.lr, or set train.mixed_precision=no.")
         return norm, False
-    ctx.nan_steps = 0
-    ctx.optimizer.step()
-    ctx.scheduler.step()
-    ctx.optimizer.zero_grad(set_to_none=True)
+    up.nan_steps = 0
+    up.optimizer.step()
+    up.scheduler.step()
+    up.optimizer.zero_grad(set_to_none=True)
     return norm, True
 
 
-def policy_update(ctx: UpdateContext, batch: RolloutBatch, step: int) -> dict[str, float]:
+def policy_update(up: Updater, batch: RolloutBatch, step: int) -> dict[str, float]:
     """Run every optimizer step for this rollout batch; returns averaged metrics."""
-    acc = ctx.accelerator
+    acc = up.accelerator
     sizes = gather_lists(acc, [len(batch)])
     global_n, offset = sum(s[0] for s in sizes), sum(s[0] for s in sizes[:acc.process_index])
     sums: dict[str, float] = {}
     norms, skipped, critic_norms = [], 0, []
-    freeze = ctx.critic is not None and step < ctx.critic.warmup_steps
-    for epoch in range(ctx.epochs):
-        assign = minibatch_assignment(offset, len(batch), global_n, ctx.mini_batches, ctx.seed, step, epoch)
-        for j in range(ctx.mini_batches):
+    freeze = step < up.critic.warmup_steps   # critic warm-up: only the critic learns (NoCritic: 0 steps)
+    sched = up.schedule
+    for epoch in range(sched.epochs):
+        assign = minibatch_assignment(offset, len(batch), global_n, sched.mini_batches, sched.seed, step, epoch)
+        for j in range(sched.mini_batches):
             rows = batch.select(torch.nonzero(assign == j).squeeze(-1))
-            coef, Z = _plan_local(ctx, rows)
+            coef, Z = _plan_local(up, rows)
             active = torch.nonzero(rows.token_weights.sum(-1) > 0).squeeze(-1)   # rows a selection dropped add 0
             rows, coef = rows.select(active), coef[active]                      # to loss and gradient: skip them
-            for loss_fn in ctx.losses:                                          # mini-batch statistics (collective)
+            for loss_fn in up.losses:                                          # mini-batch statistics (collective)
                 loss_fn.prepare(rows, acc)
-            groups = micro_batch_groups(rows, ctx.micro_batch_size, ctx.max_tokens_per_micro,
-                                        ctx.pack_sequences)                     # row indices per micro-batch
+            groups = micro_batch_groups(rows, up.spec.micro_batch_size, up.spec.max_tokens_per_micro,
+                                        up.spec.pack_sequences)                 # row indices per micro-batch
             counts = gather_lists(acc, [max(1, len(groups))])
             n_micro_all = max(c[0] for c in counts)   # every process does the same number of backward calls
             for m in range(n_micro_all):
                 idx = groups[m] if m < len(groups) else torch.zeros(0, dtype=torch.long)
                 part = rows.select(idx) if len(idx) else batch.select(torch.tensor([0]))
                 part_coef = coef[idx] if len(idx) else torch.zeros(1)
-                _micro_step(ctx, part, part_coef, Z, sync=(m == n_micro_all - 1), metric_sums=sums,
+                _micro_step(up, part, part_coef, Z, sync=(m == n_micro_all - 1), metric_sums=sums,
                             record=bool(len(idx)))
-            norm, ok = _optimizer_step(ctx, freeze_policy=freeze)
+            norm, ok = _optimizer_step(up, freeze_policy=freeze)
             norms.append(norm)
             skipped += 0 if ok else 1
-            if ctx.critic is not None:
-                critic_norms.append(ctx.critic.step()[0])
+            critic_norms.append(up.critic.step()[0])
     # token-weighted means over ALL processes' tokens (sums first, then divide): equal to the one-process numbers,
     # where a mean of per-process means would not be (processes hold different token counts)
     sums = sum_over_processes(acc, sums)
@@ -188,11 +198,9 @@ def policy_update(ctx: UpdateContext, batch: RolloutBatch, step: int) -> dict[st
     ent_tokens = max(sums.pop("_ent_tokens", 0.0), 1e-9)
     out = {f"loss/{k}": v / tokens for k, v in sums.items() if not k.startswith("_") and k != "entropy"}
     out["loss/entropy"] = sums.get("entropy", 0.0) / ent_tokens
-    out["loss/total"] = sums.get("_loss", 0.0) / (ctx.epochs * ctx.mini_batches)
+    out["loss/total"] = sums.get("_loss", 0.0) / (sched.epochs * sched.mini_batches)
     out["train/grad_norm"] = sum(norms) / len(norms)
     out["train/skipped_steps"] = float(skipped)
-    out["train/lr"] = ctx.scheduler.get_last_lr()[0]
-    if ctx.critic is not None:
-        out["critic/grad_norm"] = sum(critic_norms) / len(critic_norms)
-        out["critic/policy_frozen"] = float(freeze)
+    out["train/lr"] = up.scheduler.get_last_lr()[0]
+    out |= up.critic.metrics(critic_norms, freeze)
     return out

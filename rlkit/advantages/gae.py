@@ -49,6 +49,7 @@ class GAEAdvantage(AdvantageEstimator):
                              f"kl_coef > 0 (got {kl_coef}) and kl_horizon > 0 (got {kl_horizon})")
         self.gamma, self.lam, self.whiten = gamma, lam, whiten
         self.kl_coef, self.kl_estimator, self.kl_target, self.kl_horizon = kl_coef, kl_estimator, kl_target, kl_horizon
+        self.outputs = frozenset({"returns"})   # the critic's value targets, written to batch.returns
         self.requires = frozenset({"values"} | ({"old_logprobs", "ref_logprobs"} if kl_coef > 0 else set()))
 
     def __call__(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:

@@ -27,6 +27,7 @@ class ValueLoss(Loss):
     """coef * clipped squared error between the critic's values and the GAE returns."""
 
     requires = frozenset({"values"})
+    consumes = frozenset({"returns"})   # written by the advantage estimator (gae); checked by build_plugins
 
     def __init__(self, coef: float = 1.0, clip: float | None = 0.5):
         if not coef > 0:

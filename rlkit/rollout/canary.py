@@ -8,6 +8,8 @@ the engine, a name mismatch). The difference is logged as ``rollout/canary_diff`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from rlkit.forward import token_logprobs
@@ -18,6 +20,26 @@ class WeightSyncError(RuntimeError):
 
 
 DEFAULT_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 2e-2}
+
+
+@dataclass(frozen=True)
+class Canary:
+    """The run's canary: its probe, the pad id, how often it runs (``rollout.canary_every``: at the start and
+    after every k-th sync; 0 = never) and its tolerance (``rollout.canary_tolerance``; None = by precision,
+    :func:`default_tolerance`)."""
+
+    probe: tuple[list[int], list[int]]
+    pad_id: int
+    every: int = 1
+    tolerance: float | None = None
+
+    def check(self, engine, policy, version: int) -> dict[str, float]:
+        """:func:`check_sync` on this probe: {"canary_diff": ...}, or WeightSyncError."""
+        return check_sync(engine, policy, self.probe, pad_id=self.pad_id, tolerance=self.tolerance, version=version)
+
+    def due(self, version: int) -> bool:
+        """Check after sync ``version`` (every ``every``-th; never when ``every`` is 0)."""
+        return bool(self.every) and version % self.every == 0
 
 
 def make_probe(tokenizer, prompt_ids: list[int], length: int = 16) -> tuple[list[int], list[int]]:

@@ -13,7 +13,7 @@ import torch
 
 from rlkit import ops
 from rlkit.batch import RolloutBatch
-from rlkit.forward import micro_batch_groups, resolve_packing, score_batch, token_logprobs
+from rlkit.forward import ForwardSpec, micro_batch_groups, resolve_packing, score_batch, token_logprobs
 
 PROMPTS = [[5, 6, 7], [8, 9], [10], [11, 12, 13, 14, 15]]
 RESPONSES = [[10, 11, 12, 2, 40], [13], [14, 15, 16], [17, 18, 19, 20, 21, 22, 23]]
@@ -216,16 +216,17 @@ def test_score_batch_token_budget_keeps_row_order(model, caplog, monkeypatch):
     import rlkit.forward
     monkeypatch.setattr(rlkit.forward, "_logged", set())  # "warn once" is per process; start afresh
     batch = _batch()
-    common = dict(pad_id=0, micro_batch_size=4, temperature=TEMPERATURE, with_entropy=True,
-                  autocast=contextlib.nullcontext)
-    ref_lp, ref_ent = score_batch(model, batch, chunk_tokens=0, **common)
+    common = dict(pad_id=0, micro_batch_size=4, temperature=TEMPERATURE, autocast=contextlib.nullcontext)
+    ref_lp, ref_ent = score_batch(model, batch, ForwardSpec(chunk_tokens=0, **common), with_entropy=True)
     assert len(micro_batch_groups(batch, 4, 20)) > 2  # several budgeted micro-batches, not in row order
     with caplog.at_level(logging.WARNING, logger="rlkit"):
         for packed in (True, False):
-            lp, ent = score_batch(model, batch, max_tokens_per_micro=20, pack_sequences=packed, **common)
+            spec = ForwardSpec(max_tokens_per_micro=20, pack_sequences=packed, **common)
+            lp, ent = score_batch(model, batch, spec, with_entropy=True)
             torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=0)
             torch.testing.assert_close(ent, ref_ent, atol=1e-5, rtol=0)
-        lp, _ = score_batch(model, batch, max_tokens_per_micro=5, **common)  # every row above the budget
+        spec = ForwardSpec(max_tokens_per_micro=5, pack_sequences=True, **common)   # every row above the budget
+        lp, _ = score_batch(model, batch, spec, with_entropy=True)
     torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=0)
     assert sum("below the longest sequence" in r.message for r in caplog.records) == 1
 
