@@ -8,12 +8,35 @@ success signal (rewards that return {"reward", "success"}); prompts whose reward
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from rlkit.dist import sum_over_processes
 from rlkit.rollout import FINISH_LENGTH, SamplingParams, completion_seed
 from rlkit.rollout.collect import generate_and_score
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """A run's held-out evaluation: its prompts and sampling, and the services that generate and score them."""
+
+    accelerator: Any
+    engine: Any                     # the run's rollout engine (it holds the current policy's weights)
+    prompts: list                   # the first eval.max_prompts rows of data.eval, the same at every evaluation
+    rewards: Any                    # rlkit.rewards.RewardManager
+    tokenizer: Any
+    params: SamplingParams          # eval.temperature (greedy by default), eval.max_new_tokens
+    seed: int = 0
+    runner: Any = None              # rlkit.environments.runner.EpisodeRunner for a multi-turn environment
+
+    def __call__(self) -> dict[str, float]:
+        """``eval/*`` metrics (:func:`evaluate`); {} when the recipe has no ``data.eval``."""
+        if not self.prompts:
+            return {}
+        return evaluate(self.accelerator, self.engine, self.prompts, self.rewards, self.tokenizer, self.params,
+                        seed=self.seed, runner=self.runner)
 
 
 def evaluate(accelerator, engine, prompts: list, rewards, tokenizer, params: SamplingParams, *,

@@ -22,6 +22,7 @@ from rlkit.dist import gather_lists
 from rlkit.environments.render import ChatRenderer
 from rlkit.environments.runner import EpisodeRunner
 from rlkit.data import PromptSource, format_prompts, is_local_source, load_prompt_dataset
+from rlkit.evaluation import Evaluator
 from rlkit.forward import ForwardSpec
 from rlkit.grad_probe import sequence_grad_norms
 from rlkit.lora import AdapterDisabledReference
@@ -30,6 +31,7 @@ from rlkit.rewards import RewardManager, RewardSpec
 from rlkit.rollout import SamplingParams
 from rlkit.rollout.canary import Canary, make_probe
 from rlkit.samplers.base import SamplerTools
+from rlkit.scoring import Scorer
 from rlkit.update import Updater, UpdateSchedule
 
 log = logging.getLogger("rlkit")
@@ -42,19 +44,17 @@ class Session:
     cfg: RecipeConfig
     accelerator: Any
     model: Any                 # prepared (DDP-wrapped when distributed); the same module as updater.model
-    ref_model: Any | None      # frozen reference when some plug-in needs ref_logprobs (LoRA: the adapter-off view)
     tokenizer: Any
     engine: Any                # rlkit.rollout.RolloutEngine
     plugins: Plugins
-    needs: set[str]            # scoring-pass fields some plug-in requires (rlkit.plugin_api.SCORING_FIELDS)
     rewards: RewardManager
     train_prompts: PromptSource
-    eval_prompts: list | None
     sampling: SamplingParams
-    eval_sampling: SamplingParams
     canary: Canary                       # weight-sync check: the engine's log-probs of a probe = the policy's
     spec: ForwardSpec                    # how every forward pass runs (scoring, update, critic, gradient probe)
+    scorer: Scorer                       # the scoring pass: old/ref log-probs, entropy, values, as plug-ins need
     updater: Updater                     # optimizer, scheduler, losses, critic: what trains on a batch
+    evaluator: Evaluator                 # held-out evaluation (no prompts without data.eval)
     runner: EpisodeRunner | None = None  # multi-turn environments (None: single-turn completions)
 
     @property
@@ -64,6 +64,11 @@ class Session:
     @property
     def critic(self) -> Critic | NoCritic:
         return self.updater.critic
+
+    @property
+    def ref_model(self):
+        """The frozen reference the KL terms compare with (None when no plug-in needs ref_logprobs)."""
+        return self.scorer.ref_model
 
 
 def reward_manager(cfg: RecipeConfig, environment=None) -> RewardManager:
@@ -187,7 +192,7 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
     tokenizer = load_tokenizer(cfg.model)
     d = cfg.data
     train_prompts = prompt_source(cfg, tokenizer, rewards, d.train, d.train_split, d.shuffle, d.train_config)
-    eval_prompts = None
+    eval_prompts = []
     if cfg.data.eval:
         src = prompt_source(cfg, tokenizer, rewards, d.eval, d.eval_split, shuffle=False,
                             config=d.eval_config or (d.train_config if d.eval == d.train else None))
@@ -210,7 +215,6 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
     check_engine_fits(cfg, engine, plugins)
     r = cfg.rollout
     sampling = SamplingParams(r.max_new_tokens, r.temperature, r.top_p, r.top_k)
-    eval_sampling = SamplingParams(cfg.eval.max_new_tokens or r.max_new_tokens, cfg.eval.temperature, r.top_p, r.top_k)
     spec = ForwardSpec.from_train(cfg.train, pad_id=tokenizer.pad_token_id, temperature=r.temperature, model=policy,
                                   autocast=accelerator.autocast)   # pack_sequences resolved here, once
     updater = Updater(accelerator, model, spec, optimizer, scheduler, plugins.losses, plugins.aggregation,
@@ -220,5 +224,8 @@ def build_session(cfg: RecipeConfig, accelerator) -> Session:
     # the probe is built from the first training prompt, so the canary compares log-probs on realistic text
     canary = Canary(make_probe(tokenizer, train_prompts.item(0).prompt_ids), pad_id=spec.pad_id,
                     every=r.canary_every, tolerance=r.canary_tolerance)
-    return Session(cfg, accelerator, model, ref_model, tokenizer, engine, plugins, needs, rewards, train_prompts,
-                   eval_prompts, sampling, eval_sampling, canary, spec, updater, runner)
+    scorer = Scorer(frozenset(needs), spec, model, policy, ref_model, critic)
+    eval_sampling = SamplingParams(cfg.eval.max_new_tokens or r.max_new_tokens, cfg.eval.temperature, r.top_p, r.top_k)
+    evaluator = Evaluator(accelerator, engine, eval_prompts, rewards, tokenizer, eval_sampling, cfg.train.seed, runner)
+    return Session(cfg, accelerator, model, tokenizer, engine, plugins, rewards, train_prompts, sampling, canary,
+                   spec, scorer, updater, evaluator, runner)

@@ -15,8 +15,7 @@ from rlkit.batch import RolloutBatch
 from rlkit.checkpoint import load_checkpoint, load_rollouts, resolve_resume, save_checkpoint
 from rlkit.config import RecipeConfig, dump_config
 from rlkit.dist import check_launch, mean_over_processes
-from rlkit.evaluation import evaluate
-from rlkit.forward import score_batch
+from rlkit.evaluation import Evaluator
 from rlkit.reward_calls import RewardState
 from rlkit.build import Plugins
 from rlkit.critic import Critic, NoCritic
@@ -37,23 +36,6 @@ log = logging.getLogger("rlkit")
 
 def _prefixed(kind: str, metrics: dict) -> dict[str, float]:
     return {f"{kind}/{k}": float(v) for k, v in metrics.items()}
-
-
-def score(s: Session, batch: RolloutBatch) -> dict[str, float]:
-    """Scoring pass: fill only what some plug-in requires (``s.needs``: old_logprobs, entropy, ref_logprobs,
-    values), each with one no-grad pass over the batch."""
-    out = {}
-    if s.needs & {"old_logprobs", "entropy"}:
-        batch.old_logprobs, batch.entropy = score_batch(s.policy, batch, s.spec,
-                                                        with_entropy="entropy" in s.needs)  # [N, T] x2
-        # how far the engine's log-probs are from the trainer's (numerics, or a stale engine): logged, not used
-        diff = (batch.old_logprobs - batch.rollout_logprobs).abs()[batch.response_mask]  # [tokens]
-        out["rollout/logprob_diff"] = diff.mean().item() if diff.numel() else 0.0
-    if "ref_logprobs" in s.needs:
-        batch.ref_logprobs, _ = score_batch(s.ref_model, batch, s.spec, with_entropy=False)  # [N, T]
-    if "values" in s.needs:   # check_recipe made sure a critic exists
-        batch.values = s.critic.score(s.model, batch, s.spec)                             # [N, T]
-    return out
 
 
 def rollout_phase(s: Session, step: int, position: int) -> tuple[RolloutBatch, dict[str, float]]:
@@ -117,7 +99,7 @@ def rl_step(s: Session, step: int, position: int,
     with watch("objective"):
         batch.rewards = p.objective(batch.raw_rewards, batch.group_ids)                   # [N]
     with watch("score"):
-        metrics |= score(s, batch)
+        metrics |= s.scorer(batch)
     with watch("advantage"):
         batch.advantages, adv_metrics = p.advantage(batch)                                # [N, T]
     with watch("selection"):
@@ -197,14 +179,13 @@ def _resume(s: Session, ckpt: Path, prefetch: RolloutPrefetcher) -> tuple[int, i
     return step, position
 
 
-def _eval(s: Session, step: int, logger: MetricsLogger, label: str) -> dict[str, float]:
-    if not s.eval_prompts:
-        return {}
-    result = evaluate(s.accelerator, s.engine, s.eval_prompts, s.rewards, s.tokenizer, s.eval_sampling,
-                      seed=s.cfg.train.seed, runner=s.runner)
-    logger.log(step, result)
-    if s.accelerator.is_main_process:
-        print_table(format_eval_table(result, title=f"held-out evaluation ({label}, step {step})"))
+def _eval(evaluator: Evaluator, step: int, logger: MetricsLogger, label: str) -> dict[str, float]:
+    """Evaluate on the held-out prompts, log the metrics at ``step`` and print them (main process)."""
+    result = evaluator()
+    if result:
+        logger.log(step, result)
+        if evaluator.accelerator.is_main_process:
+            print_table(format_eval_table(result, title=f"held-out evaluation ({label}, step {step})"))
     return result
 
 
@@ -245,7 +226,7 @@ def _run(s: Session) -> dict[str, float]:
     if s.canary.every:  # the engine must start from the policy's weights too (e.g. after a resume)
         s.canary.check(s.engine, s.policy, version=0)
     if t.eval_at_start and step == 0:
-        summary |= {f"before/{k}": v for k, v in _eval(s, 0, logger, "before RL").items()}
+        summary |= {f"before/{k}": v for k, v in _eval(s.evaluator, 0, logger, "before RL").items()}
     progress = Progress(t.steps, initial=step, enabled=acc.is_main_process)
     metrics: dict[str, float] = {}
     saved = step
@@ -265,7 +246,7 @@ def _run(s: Session) -> dict[str, float]:
                                           max_chars=320 if batch.episodes else 80))
             if t.eval_every and step % t.eval_every == 0 and step < t.steps:
                 prefetch.wait()      # partial rollouts: nothing generates during an evaluation
-                _eval(s, step, logger, "during RL")
+                _eval(s.evaluator, step, logger, "during RL")
             if (t.save_every and step % t.save_every == 0) or step == t.steps:
                 _save(s, out_dir, step, position, prefetch)
                 saved = step
@@ -277,7 +258,7 @@ def _run(s: Session) -> dict[str, float]:
         progress.close()
         prefetch.close()
     if t.eval_at_end:
-        summary |= {f"after/{k}": v for k, v in _eval(s, step, logger, "after RL").items()}
+        summary |= {f"after/{k}": v for k, v in _eval(s.evaluator, step, logger, "after RL").items()}
     export_final(acc, s.model, s.tokenizer, s.critic, out_dir / "final")
     logger.close()
     return metrics | summary
