@@ -27,7 +27,7 @@ Measures (each over ``--seeds``, mean and [min, max]; one PNG per measure, all n
 and, from per-prompt traces (benchmarks/sampler_traces.py), where each sampler's rollouts went by prompt kind.
 
 Usage: python benchmarks/sample_efficiency.py [--samplers fixed vade] [--seeds 0 1 2] [--quick]
-           [--out runs/bench/sample_efficiency] [--set vade.candidates=4 ...] [--kinds easy carry]
+           [--out runs/bench/sample_efficiency] [--set vade.candidates=4 ...] [--kinds easy carry] [--train-scale 0.25]
 """
 
 from __future__ import annotations
@@ -83,16 +83,17 @@ def _split(seed: int) -> dict[str, list[dict]]:
     return out
 
 
-def make_task(out: Path, teacher_error: float, seed: int = 0, kinds: tuple[str, ...] = tuple(SIZES["train"])
-              ) -> dict[str, Path]:
-    """train / eval jsonl with a ``kind`` column (only ``kinds``), and the SFT file (every sum not held out, teacher
-    answers; the same whichever kinds are trained)."""
+def make_task(out: Path, teacher_error: float, seed: int = 0, kinds: tuple[str, ...] = tuple(SIZES["train"]),
+              train_scale: float = 1.0) -> dict[str, Path]:
+    """train / eval jsonl with a ``kind`` column (only ``kinds``; ``train_scale`` x each kind's train size, the
+    held-out set unchanged), and the SFT file (every sum not held out, teacher answers; the same whichever kinds
+    are trained and whatever the scale)."""
     pools = _split(seed)
     train_rows, eval_rows, sft_rows = [], [], []
     for kind, rows in pools.items():
         if kind not in kinds:
             continue
-        n_eval, n_train = SIZES["eval"][kind], SIZES["train"][kind]
+        n_eval, n_train = SIZES["eval"][kind], max(1, round(SIZES["train"][kind] * train_scale))
         eval_rows += rows[:n_eval]
         train_rows += rows[n_eval:n_eval + n_train]
         if kind != "product":
@@ -170,6 +171,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--sft-steps", type=int, default=600)
     ap.add_argument("--kinds", nargs="+", default=list(SIZES["train"]), choices=list(SIZES["train"]),
                     help="prompt kinds in train and eval (e.g. --kinds easy carry: no unlearnable part)")
+    ap.add_argument("--train-scale", type=float, default=1.0,
+                    help="train pool size x this (e.g. 0.25: 126 prompts, each revisited every ~2 steps)")
     ap.add_argument("--set", nargs="*", default=[], help="SAMPLER.OPTION=VALUE, e.g. vade.candidates=4")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 6 steps of 16 prompts, 150 SFT steps")
     ap.add_argument("--out", type=Path, default=ROOT / "runs/bench/sample_efficiency")
@@ -183,7 +186,9 @@ def main() -> None:
     args = parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.disable(logging.WARNING)
-    paths = make_task(args.out / "data", args.teacher_error, kinds=tuple(args.kinds))
+    if not args.train_scale > 0:
+        raise SystemExit(f"--train-scale must be > 0, got {args.train_scale}")
+    paths = make_task(args.out / "data", args.teacher_error, kinds=tuple(args.kinds), train_scale=args.train_scale)
     model = warm_start(args.out, paths, args.sft_steps)
     runs: dict[str, dict[int, dict]] = {s: {} for s in args.samplers}
     for sampler in args.samplers:

@@ -1,4 +1,5 @@
-"""benchmarks/sample_efficiency_report.py and sampler_traces.py: the measures the README's sampler tables are built from."""
+"""benchmarks/sample_efficiency.py (its task), sample_efficiency_report.py and sampler_traces.py: the measures the
+README's sampler tables are built from."""
 
 import json
 import math
@@ -60,3 +61,14 @@ def test_persistence_counts_transitions_of_the_same_row(tmp_path):
     # generated 8+8+8 carry, 8+8 easy -> carry 24/40; carry informative groups 2 of 2 informative in all
     assert s["carry"]["generated_share"] == pytest.approx(0.6) and s["carry"]["informative_share"] == 1.0
     assert s["easy"]["success_rate"] == 1.0 and s["easy"]["rollouts_per_candidate"] == pytest.approx(16 / 3)
+
+
+def test_train_scale_shrinks_the_train_pool_only(tmp_path):
+    import sample_efficiency as bench
+    paths = bench.make_task(tmp_path, teacher_error=0.9, train_scale=0.25)
+    rows = {name: [json.loads(x) for x in paths[name].read_text().splitlines()] for name in ("train", "eval")}
+    kinds = {name: {k: sum(r["kind"] == k for r in rs) for k in ("easy", "carry", "product")}
+             for name, rs in rows.items()}
+    assert kinds["train"] == {"easy": 38, "carry": 50, "product": 38}       # round(150/4), 200/4, round(150/4)
+    assert kinds["eval"] == {"easy": 100, "carry": 150, "product": 100}      # the held-out set is unchanged
+    assert not {r["prompt"] for r in rows["train"]} & {r["prompt"] for r in rows["eval"]}
