@@ -125,7 +125,7 @@ class NoCritic:
     """The critic of a run without one (no plug-in needs values): no modules, no values, nothing to step, save or
     log -- so the update and the export need no ``critic is None`` branches."""
 
-    modules: list = []
+    modules: tuple = ()
     warmup_steps = 0
 
     def values(self, policy, rows: RolloutBatch, spec: ForwardSpec) -> None:

@@ -70,6 +70,10 @@ class ForwardSpec:
         """Token-budget micro-batches go in as one padding-free row each."""
         return self.max_tokens_per_micro is not None and self.pack_sequences
 
+    def micro_batches(self, batch: RolloutBatch) -> list[torch.Tensor]:
+        """Row indices of each micro-batch of ``batch`` under this spec (:func:`micro_batch_groups`)."""
+        return micro_batch_groups(batch, self.micro_batch_size, self.max_tokens_per_micro, self.pack_sequences)
+
     @classmethod
     def from_train(cls, train, *, pad_id: int, temperature: float, model, autocast) -> "ForwardSpec":
         """The spec of a recipe's ``train`` section (rlkit.config.TrainConfig) for ``model``."""
@@ -242,7 +246,7 @@ def over_micro_batches(models: list, batch: RolloutBatch, spec: ForwardSpec, fn)
     for m in models:
         m.eval()
     try:
-        groups = micro_batch_groups(batch, spec.micro_batch_size, spec.max_tokens_per_micro, spec.pack_sequences)
+        groups = spec.micro_batches(batch)
         parts = []
         for idx in groups:
             with spec.autocast():

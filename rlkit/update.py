@@ -32,7 +32,7 @@ import torch
 from rlkit.batch import RolloutBatch
 from rlkit.critic import Critic, NoCritic, no_sync_all
 from rlkit.dist import gather_lists, sum_over_processes
-from rlkit.forward import ForwardSpec, micro_batch_groups, response_logprobs
+from rlkit.forward import ForwardSpec, response_logprobs
 from rlkit.plugin_api import Aggregation, Loss, MicroBatch
 
 
@@ -177,8 +177,7 @@ def policy_update(up: Updater, batch: RolloutBatch, step: int) -> dict[str, floa
             rows, coef = rows.select(active), coef[active]                      # to loss and gradient: skip them
             for loss_fn in up.losses:                                          # mini-batch statistics (collective)
                 loss_fn.prepare(rows, acc)
-            groups = micro_batch_groups(rows, up.spec.micro_batch_size, up.spec.max_tokens_per_micro,
-                                        up.spec.pack_sequences)                 # row indices per micro-batch
+            groups = up.spec.micro_batches(rows)                               # row indices per micro-batch
             counts = gather_lists(acc, [max(1, len(groups))])
             n_micro_all = max(c[0] for c in counts)   # every process does the same number of backward calls
             for m in range(n_micro_all):
