@@ -84,6 +84,17 @@ def _rejoin(eng, model, want: int = 2, timeout_s: float = 300) -> dict:
     return metrics
 
 
+def _one_token_for_request_0(generate):
+    """Wrap a client's ``generate``: request 0 of every call (request id ``rlkit-<call>-0``) stops after one token."""
+    import dataclasses
+
+    def wrapped(prompt_ids, seed, params, request_id):
+        if request_id.endswith("-0"):
+            params = dataclasses.replace(params, max_new_tokens=1)
+        return generate(prompt_ids, seed, params, request_id)
+    return wrapped
+
+
 def train_steps(cfg: dict, tmp_path: Path) -> list[dict]:
     """``rlkit train`` of ``cfg`` (output ``tmp_path/run``) in a subprocess: the metrics rows of its steps."""
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
@@ -240,7 +251,9 @@ def test_partial_rollouts_span_an_update_with_per_token_versions(servers, tiny_m
     """A weight update while requests are in flight (pause mode keep): they keep their tokens, each token records
     the version that sampled it, and its sampling log-prob is that version's (old model before the update, new
     model after it: measured equal to the new model's teacher-forced log-probs within 1e-3, so vLLM recomputes the
-    kept requests' KV cache after the update -- pause clears the cache)."""
+    kept requests' KV cache after the update -- pause clears the cache). Request 0 asks for one token, the rest
+    for 160, so the first completion comes back while the others are still decoding, whatever the speed of the
+    machine (all 160-token requests start together and would otherwise finish together)."""
     import copy
     addresses, _ = servers
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -248,6 +261,8 @@ def test_partial_rollouts_span_an_update_with_per_token_versions(servers, tiny_m
     eng = _engine(model, tok, addresses)
     try:
         _rejoin(eng, model)
+        for s in eng.fleet.servers:
+            s.client.generate = _one_token_for_request_0(s.client.generate)
         old, v = copy.deepcopy(model), eng.version
         accept, synced = eng._versions, []
 
@@ -262,6 +277,7 @@ def test_partial_rollouts_span_an_update_with_per_token_versions(servers, tiny_m
         prompts = [tok(f"{i}*{i % 9}=").input_ids for i in range(32)]
         out = eng.generate(prompts, list(range(32)), SamplingParams(max_new_tokens=160, temperature=1.0))
         eng._versions = accept
+        assert len(out[0].token_ids) == 1                        # the trigger (it was sent before the update)
         spanning = [c for c in out if set(c.token_versions) == {v, v + 1}]
         assert spanning, "no request was in flight across the update"
         for p, c in zip(prompts, out):
